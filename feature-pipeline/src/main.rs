@@ -1,0 +1,36 @@
+//! feature-pipeline: engram's offline worker.
+//!
+//! It turns notes and saved pages into what the inference service serves: documents, a versioned
+//! vector index, datasets and models, all written to the stores in `engram-shared`. It runs on a
+//! schedule (a Kubernetes CronJob, or `docker compose run` locally) and never calls the service.
+
+mod commands;
+mod config;
+
+use clap::Parser;
+
+use crate::config::{Command, Config};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    init_logging(&config.log);
+    let result = match &config.command {
+        Command::Status(args) => commands::status::run(&config.storage, args).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

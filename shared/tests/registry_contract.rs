@@ -1,0 +1,287 @@
+//! The registry contract: the same migrations and queries on SQLite and PostgreSQL.
+
+mod common;
+
+use engram_shared::Error;
+use engram_shared::registry::{
+    AliasKind, INDEX_LIVE, IndexStatus, MODEL_PRODUCTION, NewDatasetVersion, NewIndexVersion, NewModelVersion,
+    Registry, RunStatus, StepKey,
+};
+use serde_json::json;
+use sqlx::Connection;
+
+fn step(name: &str, input: &str) -> StepKey {
+    StepKey {
+        name: name.into(),
+        code_version: "0.1.0".into(),
+        config_hash: "c".repeat(64),
+        input_hash: input.into(),
+    }
+}
+
+fn model(name: &str) -> NewModelVersion {
+    NewModelVersion {
+        run_id: None,
+        name: name.into(),
+        format: "gguf".into(),
+        artifact_hash: "a".repeat(64),
+        dataset_version: None,
+        lineage: json!({ "base": "SmolLM2-135M-Instruct", "note": "base, not fine-tuned" }),
+    }
+}
+
+async fn runs_and_steps_are_recorded_and_cached_by_key(registry: &Registry) {
+    let config = json!({ "steps": ["extract", "index"] });
+    let run = registry.start_run(&config, "0.1.0").await.unwrap();
+    assert_eq!(run.status, RunStatus::Running);
+    let key = step("extract", "input-1");
+    assert!(registry.cached_step(&key).await.unwrap().is_none());
+
+    registry.start_step(&run.id, &key).await.unwrap();
+    assert!(
+        registry.cached_step(&key).await.unwrap().is_none(),
+        "a running step is no cache entry"
+    );
+    registry
+        .finish_step(
+            &run.id,
+            "extract",
+            RunStatus::Succeeded,
+            Some("out-1"),
+            &json!({ "documents": 3 }),
+            None,
+        )
+        .await
+        .unwrap();
+    let cached = registry.cached_step(&key).await.unwrap().expect("cache hit");
+    assert_eq!(cached.run_id, run.id);
+    assert_eq!(cached.output_hash.as_deref(), Some("out-1"));
+    assert_eq!(cached.detail, json!({ "documents": 3 }));
+    assert!(
+        registry
+            .cached_step(&step("extract", "input-2"))
+            .await
+            .unwrap()
+            .is_none(),
+        "other input, no hit"
+    );
+
+    registry.start_step(&run.id, &step("index", "input-1")).await.unwrap();
+    registry
+        .finish_step(&run.id, "index", RunStatus::Failed, None, &json!({}), Some("boom"))
+        .await
+        .unwrap();
+    assert!(
+        registry.cached_step(&step("index", "input-1")).await.unwrap().is_none(),
+        "failures are not cached"
+    );
+    registry
+        .finish_run(&run.id, RunStatus::Failed, Some("index failed: boom"))
+        .await
+        .unwrap();
+
+    let stored = registry.run(&run.id).await.unwrap().expect("run stored");
+    assert_eq!(stored.status, RunStatus::Failed);
+    assert_eq!(stored.config, config);
+    assert_eq!(stored.error.as_deref(), Some("index failed: boom"));
+    assert!(stored.finished_at.is_some());
+    let steps = registry.steps(&run.id).await.unwrap();
+    assert_eq!(
+        steps.iter().map(|s| s.key.name.as_str()).collect::<Vec<_>>(),
+        ["extract", "index"]
+    );
+    assert_eq!(registry.runs(10).await.unwrap()[0].id, run.id);
+    assert!(matches!(
+        registry.finish_run("no-such-run", RunStatus::Succeeded, None).await,
+        Err(Error::NotFound { .. })
+    ));
+}
+
+async fn versions_are_numbered_and_keep_their_lineage(registry: &Registry) {
+    let dataset = NewDatasetVersion {
+        run_id: None,
+        artifact_hash: "d".repeat(64),
+        document_set_hash: "e".repeat(64),
+        lineage: json!({ "teacher": "local", "prompt_version": 1 }),
+        stats: json!({ "train": 10, "validation": 2, "test": 2 }),
+    };
+    let first = registry.register_dataset(dataset.clone()).await.unwrap();
+    let second = registry.register_dataset(dataset.clone()).await.unwrap();
+    assert_eq!((first.version, second.version), (1, 2));
+    assert_eq!(registry.dataset(1).await.unwrap().unwrap().spec, dataset);
+    assert_eq!(registry.datasets().await.unwrap().len(), 2);
+
+    let base = registry.register_model(model("SmolLM2-135M-Instruct")).await.unwrap();
+    assert_eq!(base.version, 1);
+    assert_eq!(
+        registry.model(1).await.unwrap().unwrap().spec,
+        model("SmolLM2-135M-Instruct")
+    );
+    registry.set_alias(AliasKind::Model, MODEL_PRODUCTION, 1).await.unwrap();
+    assert_eq!(
+        registry.alias(AliasKind::Model, MODEL_PRODUCTION).await.unwrap(),
+        Some(1)
+    );
+    assert!(matches!(
+        registry.set_alias(AliasKind::Model, MODEL_PRODUCTION, 99).await,
+        Err(Error::NotFound { .. })
+    ));
+}
+
+async fn an_index_version_goes_live_only_when_ready(registry: &Registry) {
+    let spec = NewIndexVersion {
+        run_id: None,
+        embedding_model: "all-MiniLM-L6-v2".into(),
+        dimension: 384,
+        distance: "cosine".into(),
+        manifest: json!({ "chunker": { "tokens": 256, "overlap": 32 } }),
+    };
+    let building = registry.begin_index_version(spec.clone()).await.unwrap();
+    assert_eq!(building.status, IndexStatus::Building);
+    assert_eq!(building.collection, format!("chunks_v{}", building.version));
+    let refused = registry.set_alias(AliasKind::Index, INDEX_LIVE, building.version).await;
+    assert!(matches!(refused, Err(Error::Conflict(_))), "got {refused:?}");
+
+    let manifest = json!({ "chunker": { "tokens": 256, "overlap": 32 }, "points": 120 });
+    registry
+        .finish_index_version(building.version, &manifest)
+        .await
+        .unwrap();
+    registry
+        .set_alias(AliasKind::Index, INDEX_LIVE, building.version)
+        .await
+        .unwrap();
+    let ready = registry.index_version(building.version).await.unwrap().unwrap();
+    assert_eq!(ready.status, IndexStatus::Ready);
+    assert_eq!(ready.spec.manifest, manifest);
+    assert_eq!(
+        registry.aliases(AliasKind::Index).await.unwrap(),
+        vec![(INDEX_LIVE.to_string(), building.version)]
+    );
+
+    registry.mark_index_dropped(building.version).await.unwrap();
+    assert_eq!(
+        registry.index_version(building.version).await.unwrap().unwrap().status,
+        IndexStatus::Dropped
+    );
+}
+
+async fn concurrent_registrations_get_distinct_versions(registry: &Registry) {
+    let before = registry.models().await.unwrap().len();
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let registry = registry.clone();
+            tokio::spawn(async move { registry.register_model(model(&format!("m{i}"))).await.unwrap().version })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for task in tasks {
+        versions.push(task.await.unwrap());
+    }
+    versions.sort_unstable();
+    versions.dedup();
+    assert_eq!(versions.len(), 12, "every registration got its own version");
+    assert_eq!(registry.models().await.unwrap().len(), before + 12);
+}
+
+async fn registry_contract(registry: &Registry) {
+    println!("registry contract: running against {}", registry.backend());
+    runs_and_steps_are_recorded_and_cached_by_key(registry).await;
+    versions_are_numbered_and_keep_their_lineage(registry).await;
+    an_index_version_goes_live_only_when_ready(registry).await;
+    concurrent_registrations_get_distinct_versions(registry).await;
+    common::report(&format!("PASSED: registry contract on {}", registry.backend()));
+}
+
+#[tokio::test]
+async fn sqlite_passes_the_registry_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open_sqlite(&dir.path().join("registry.sqlite"))
+        .await
+        .unwrap();
+    registry_contract(&registry).await;
+    // Reopening runs the migrations again: a no-op.
+    let reopened = Registry::open_sqlite(&dir.path().join("registry.sqlite"))
+        .await
+        .unwrap();
+    assert_eq!(reopened.datasets().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn postgres_passes_the_registry_contract() {
+    let Some(admin_url) = common::backend_url("postgres", "ENGRAM_TEST_DATABASE_URL") else {
+        return;
+    };
+    // A fresh database per run, so the suite starts empty and runs never collide.
+    let database = common::unique_name("engram_test");
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&admin_url).unwrap();
+    url.set_path(&format!("/{database}"));
+    let registry = Registry::connect_postgres(url.as_str()).await.unwrap();
+    registry_contract(&registry).await;
+    drop(registry);
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {database} WITH (FORCE)")))
+        .execute(&mut admin)
+        .await;
+}
+
+const WRITES_PER_PROCESS: usize = 40;
+
+/// Helper child: writes runs and model versions into the SQLite registry named by the parent.
+#[tokio::test]
+async fn child_writes_to_the_sqlite_registry() {
+    if common::child_role().as_deref() != Some("registry-writer") {
+        return; // Only meaningful as a child of the two-process test below.
+    }
+    let path = std::env::var("ENGRAM_TEST_CHILD_DB").unwrap();
+    let registry = Registry::open_sqlite(path.as_ref()).await.unwrap();
+    println!("OPEN");
+    for i in 0..WRITES_PER_PROCESS {
+        let run = registry.start_run(&json!({ "i": i }), "0.1.0").await.unwrap();
+        registry
+            .register_model(model(&format!("p{}-{i}", std::process::id())))
+            .await
+            .unwrap();
+        registry.finish_run(&run.id, RunStatus::Succeeded, None).await.unwrap();
+    }
+    println!("DONE");
+}
+
+#[tokio::test]
+async fn two_processes_use_the_sqlite_registry_at_once() {
+    if common::child_role().is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.sqlite");
+    Registry::open_sqlite(&path).await.unwrap();
+    let env = vec![("ENGRAM_TEST_CHILD_DB", path.display().to_string())];
+    let children: Vec<_> = (0..2)
+        .map(|_| common::spawn_child("child_writes_to_the_sqlite_registry", "registry-writer", &env))
+        .collect();
+    for mut child in children {
+        let status = child.wait().unwrap();
+        assert!(status.success(), "a writer process failed: {status}");
+    }
+    let registry = Registry::open_sqlite(&path).await.unwrap();
+    let models = registry.models().await.unwrap();
+    assert_eq!(models.len(), 2 * WRITES_PER_PROCESS);
+    let mut versions: Vec<_> = models.iter().map(|m| m.version).collect();
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=(2 * WRITES_PER_PROCESS) as i64).collect::<Vec<_>>());
+    assert!(
+        registry
+            .runs(1000)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.status == RunStatus::Succeeded)
+    );
+    common::report("PASSED: sqlite registry: two processes wrote at once, both succeeded");
+}

@@ -1,0 +1,49 @@
+//! Helpers for engram's end-to-end tests: find and run the real binaries.
+//!
+//! The binaries are built by `cargo build --workspace --bins` (which `scripts/test.sh` runs first)
+//! into the same target directory as the test executables.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The path of a workspace binary (`feature-pipeline`, `inference-service`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target profile directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first with `cargo build --workspace --bins` (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// Runs a binary with `args` and `env` (on top of a clean `ENGRAM_*`-free environment).
+pub fn run(name: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(binary(name));
+    command.args(args);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("ENGRAM_") || key.starts_with("AWS_") {
+            command.env_remove(key);
+        }
+    }
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("run binary")
+}
+
+/// Standard error as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Standard output as text.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
