@@ -106,6 +106,9 @@ echo "moto S3 on 127.0.0.1:$s3_port, bucket engram-test"
 # Servers this script started must really be used: a missing variable is a failure, not a skip.
 export ENGRAM_REQUIRE_BACKENDS="postgres,mongodb,s3${ENGRAM_QDRANT_URL:+,qdrant}"
 
+step "models (scripts/fetch-models.sh)"
+./scripts/fetch-models.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

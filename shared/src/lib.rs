@@ -11,13 +11,17 @@
 //! | [`registry`]  | `Registry`      | SQLite file (sqlx)        | PostgreSQL (same SQL)   |
 //! | [`artifacts`] | `ArtifactStore` | local directory           | S3-compatible store     |
 //!
+//! Beside the stores, [`embedding`] and [`generation`] run the models both programs use (candle).
+//!
 //! [`config::StorageConfig`] picks the backends from flags and `ENGRAM_*` variables and
 //! [`storage::Storage`] opens them all, failing fast with an error that names the variable to fix.
 
 pub mod artifacts;
 pub mod config;
 pub mod documents;
+pub mod embedding;
 pub mod error;
+pub mod generation;
 pub mod hashing;
 pub mod registry;
 pub mod storage;

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Model benchmark: engram's candle models beside their peers, same machine, same run.
+#   embeddings: engram (candle BERT) vs sentence-transformers (torch CPU), batch 1/16/64
+#   generation: engram (candle, SmolLM2 GGUF) vs llama.cpp (llama-cpp-python) on the same GGUF,
+#               150-token prompt, 128 new tokens, greedy
+# Each at 1 and 2 threads, each measurement in a fresh process (peak RSS). Writes the table into
+# docs/BENCHMARKS.md. The peers are installed into a venv under $ENGRAM_CACHE_DIR (first run: long).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+cache="${ENGRAM_CACHE_DIR:-$HOME/.cache/engram}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
+venv="$cache/bench-venv"
+out="$CARGO_TARGET_DIR/bench"
+mkdir -p "$out"
+results="$out/models.jsonl"
+: >"$results"
+
+./scripts/fetch-models.sh >/dev/null
+
+if [[ ! -x "$venv/bin/python" ]]; then
+  python3 -m venv "$venv"
+fi
+# llama.cpp's default native build uses AMX on this CPU and crashes with an illegal instruction:
+# build it for AVX2/AVX-512 explicitly.
+CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_AVX512=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/bench/requirements.txt
+
+echo "building the benchmark (release)"
+cargo build --release --quiet -p engram-shared --bench models
+bench="$(ls -t "$CARGO_TARGET_DIR"/release/deps/models-* | grep -v '\.d$' | head -n1)"
+
+prompt="$out/prompt.txt"
+for threads in 1 2; do
+  for batch in 1 16 64; do
+    RAYON_NUM_THREADS=$threads "$bench" embed --batch "$batch" | tee -a "$results"
+    "$venv/bin/python" scripts/bench/peers.py embed --threads "$threads" --batch "$batch" | tee -a "$results"
+  done
+  for weights in q8_0 f32 as-stored; do
+    RAYON_NUM_THREADS=$threads "$bench" generate --weights "$weights" --prompt-out "$prompt" | tee -a "$results"
+  done
+  "$venv/bin/python" scripts/bench/peers.py generate --threads "$threads" --prompt "$prompt" | tee -a "$results"
+done
+
+"$venv/bin/python" scripts/bench/report.py "$results" docs/BENCHMARKS.md
+echo "wrote docs/BENCHMARKS.md"

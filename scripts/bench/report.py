@@ -1,0 +1,59 @@
+"""Turns the benchmark's JSON lines into the tables of docs/BENCHMARKS.md, with engram/peer ratios."""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = os.cpu_count()
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    return f"{cpu}, {cores} cores, {mem:.0f} GiB, {platform.system()} {platform.release()}, {rustc}"
+
+
+def main(results_path, doc_path):
+    rows = [json.loads(line) for line in open(results_path) if line.strip()]
+    embed = [r for r in rows if r["task"] == "embed"]
+    gen = [r for r in rows if r["task"] == "generate"]
+    out = ["# Benchmarks", "", f"Machine: {machine()}.", "",
+           "Run `scripts/bench/models.sh` (or `scripts/bench/all.sh`) to measure again; each row is a fresh process.", "",
+           "## Embeddings: all-MiniLM-L6-v2, 64 sentences", "",
+           "| threads | batch | engram sentences/s | peer sentences/s | ratio | engram tokens/s | engram peak RSS MiB | peer peak RSS MiB |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in [r for r in embed if r["engine"] == "engram"]:
+        peer = next((p for p in embed if p["engine"] != "engram" and p["threads"] == r["threads"] and p["batch"] == r["batch"]), None)
+        ratio = f"{r['sentences_per_s'] / peer['sentences_per_s']:.2f}x" if peer else "n/a"
+        out.append(f"| {r['threads']} | {r['batch']} | {r['sentences_per_s']:.1f} | {peer['sentences_per_s']:.1f} | {ratio} | "
+                   f"{r['tokens_per_s']:.0f} | {r['peak_rss_mib']:.0f} | {peer['peak_rss_mib']:.0f} |" if peer else
+                   f"| {r['threads']} | {r['batch']} | {r['sentences_per_s']:.1f} | n/a | n/a | {r['tokens_per_s']:.0f} | {r['peak_rss_mib']:.0f} | n/a |")
+    peers = sorted({p["engine"] for p in embed if p["engine"] != "engram"})
+    out += ["", f"Peer: {', '.join(peers)}.", "",
+            "## Generation: SmolLM2-135M-Instruct Q4_1 GGUF, greedy", "",
+            "| threads | engram weights | prompt tokens | engram prompt tok/s | peer prompt tok/s | ratio | engram decode tok/s | peer decode tok/s | ratio | engram peak RSS MiB | peer peak RSS MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in [r for r in gen if r["engine"] == "engram"]:
+        peer = next((p for p in gen if p["engine"] != "engram" and p["threads"] == r["threads"]), None)
+        if peer is None:
+            continue
+        out.append(f"| {r['threads']} | {r['weights']} | {r['prompt_tokens']} | {r['prompt_tokens_per_s']:.0f} | {peer['prompt_tokens_per_s']:.0f} | "
+                   f"{r['prompt_tokens_per_s'] / peer['prompt_tokens_per_s']:.2f}x | {r['decode_tokens_per_s']:.1f} | {peer['decode_tokens_per_s']:.1f} | "
+                   f"{r['decode_tokens_per_s'] / peer['decode_tokens_per_s']:.2f}x | {r['peak_rss_mib']:.0f} | {peer['peak_rss_mib']:.0f} |")
+    peers = sorted({p["engine"] for p in gen if p["engine"] != "engram"})
+    out += ["", f"Peer: {', '.join(peers)}, on the same GGUF file as stored (Q4_1).", ""]
+    with open(doc_path, "w") as f:
+        f.write("\n".join(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

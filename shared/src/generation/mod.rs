@@ -1,0 +1,344 @@
+//! Text generation: the small language model (a llama-family GGUF) run with candle.
+//!
+//! One [`Generator`] is loaded per process and shared by every request: the weights are held once
+//! (tensors are reference-counted) and each generation gets its own KV cache. A generation renders
+//! the model's chat template, checks the prompt fits the context window, samples with the request's
+//! parameters and hands each piece of text to a callback as soon as it is decoded, so the service
+//! can stream it and stop when the client goes away.
+
+pub mod chat_template;
+pub mod gguf_tokenizer;
+mod sampling;
+pub mod weights;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use candle_core::quantized::gguf_file::Content;
+use candle_core::{Device, Tensor};
+use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+pub use chat_template::ChatTemplate;
+pub use sampling::GenerationParams;
+pub use weights::WeightFormat;
+
+use sampling::{StopMatcher, sampler};
+
+/// Why generation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerationError {
+    /// The model file is missing or unreadable.
+    #[error("{path}: {reason}. Pass a llama-family GGUF file (run scripts/fetch-models.sh for the default SmolLM2)")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The file is readable but not something engram can run.
+    #[error("unsupported model: {0}")]
+    Format(String),
+    /// The request cannot be served (e.g. the prompt is longer than the context window).
+    #[error("{0}")]
+    Request(String),
+    /// candle failed while running the model.
+    #[error("generation failed: {0}")]
+    Model(#[from] candle_core::Error),
+}
+
+type Result<T> = std::result::Result<T, GenerationError>;
+
+/// Who wrote a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions for the assistant.
+    System,
+    /// The person asking.
+    User,
+    /// The model's earlier answers.
+    Assistant,
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Who wrote it.
+    pub role: Role,
+    /// What it says.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model ended its turn, or a stop string appeared.
+    Stop,
+    /// `max_tokens` or the context window was reached.
+    Length,
+    /// The caller stopped it (e.g. the client disconnected).
+    Cancelled,
+}
+
+/// Token counts of one generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Usage {
+    /// Tokens of the rendered prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub completion_tokens: usize,
+}
+
+/// Where a generation's time went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Timings {
+    /// Reading the prompt, up to the first generated token (time to first token).
+    pub prompt: Duration,
+    /// Generating every token after the first.
+    pub decode: Duration,
+}
+
+/// A finished generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The generated text (stop string excluded).
+    pub text: String,
+    /// Token counts.
+    pub usage: Usage,
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+    /// Where the time went.
+    pub timings: Timings,
+}
+
+/// What the callback tells the generator after each piece of text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep generating.
+    Continue,
+    /// Stop now (finish reason `Cancelled`).
+    Stop,
+}
+
+/// Options for loading a [`Generator`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GeneratorOptions {
+    /// In-memory weight format.
+    pub weights: WeightFormat,
+}
+
+/// A loaded language model, shared across requests.
+pub struct Generator {
+    weights: ModelWeights,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    stop_tokens: Vec<u32>,
+    bos: Option<u32>,
+    context_length: usize,
+    model_id: String,
+    device: Device,
+}
+
+impl std::fmt::Debug for Generator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generator")
+            .field("model_id", &self.model_id)
+            .field("context_length", &self.context_length)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Generator {
+    /// Loads a llama-family GGUF file, converting its weights to `options.weights`.
+    pub fn load(path: &Path, options: GeneratorOptions) -> Result<Self> {
+        let file_error = |reason: String| GenerationError::File {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut file = File::open(path).map_err(|e| file_error(e.to_string()))?;
+        let content = Content::read(&mut file).map_err(|e| file_error(format!("not a GGUF file: {e}")))?;
+        let architecture = content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
+        if architecture != "llama" {
+            return Err(GenerationError::Format(format!(
+                "architecture {architecture:?}: engram runs llama-family GGUF models"
+            )));
+        }
+        let (tokenizer, special) = gguf_tokenizer::from_gguf(&content)?;
+        let template_source = content
+            .metadata
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_else(|| chat_template::CHATML.to_string());
+        let template = ChatTemplate::new(&template_source)?;
+        let context_length = content
+            .metadata
+            .get("llama.context_length")
+            .and_then(|v| v.to_u32().ok())
+            .map_or(MAX_SEQ_LEN, |n| (n as usize).min(MAX_SEQ_LEN));
+        let device = Device::Cpu;
+        let weights = match weights::convert(&content, &mut file, options.weights)? {
+            Some((converted, mut buffer)) => ModelWeights::from_gguf(converted, &mut buffer, &device)?,
+            None => ModelWeights::from_gguf(content, &mut file, &device)?,
+        };
+        let mut stop_tokens: Vec<u32> = special.eos.into_iter().collect();
+        for end_of_turn in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"] {
+            if let Some(id) = tokenizer.token_to_id(end_of_turn) {
+                stop_tokens.push(id);
+            }
+        }
+        stop_tokens.sort_unstable();
+        stop_tokens.dedup();
+        let model_id = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Generator {
+            weights,
+            tokenizer,
+            template,
+            stop_tokens,
+            bos: special.add_bos.then_some(special.bos).flatten(),
+            context_length,
+            model_id,
+            device,
+        })
+    }
+
+    /// The model's id (the file's stem).
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    /// The most tokens (prompt plus answer) one generation may hold.
+    pub fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    /// The tokenizer, e.g. to count tokens when packing a prompt.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Token ids of `text` as the model sees it (special tokens recognised, no BOS added).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| GenerationError::Format(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Text of token ids.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, false)
+            .map_err(|e| GenerationError::Format(e.to_string()))
+    }
+
+    /// The prompt the chat template makes of `messages`.
+    pub fn render(&self, messages: &[ChatMessage]) -> Result<String> {
+        self.template.render(messages)
+    }
+
+    /// Generates an answer to `messages`, calling `on_text` with each new piece of text.
+    pub fn generate(
+        &self,
+        messages: &[ChatMessage],
+        params: &GenerationParams,
+        mut on_text: impl FnMut(&str) -> Flow,
+    ) -> Result<Completion> {
+        let prompt = self.render(messages)?;
+        let mut tokens: Vec<u32> = self.bos.into_iter().collect();
+        tokens.extend(self.encode(&prompt)?);
+        let prompt_tokens = tokens.len();
+        if prompt_tokens >= self.context_length {
+            return Err(GenerationError::Request(format!(
+                "the prompt is {prompt_tokens} tokens but the model's context window is {}: shorten the conversation or retrieve fewer chunks",
+                self.context_length
+            )));
+        }
+        let budget = params.max_tokens.min(self.context_length - prompt_tokens);
+
+        // Shared weights, private KV cache: cloning copies reference-counted tensors only.
+        let mut model = self.weights.clone();
+        let mut sampler = sampler(params);
+        let mut stops = StopMatcher::new(&params.stop);
+        let mut generated: Vec<u32> = Vec::new();
+        let mut emitted = 0usize; // bytes of decoded text handed out or held back by StopMatcher
+        let mut text = String::new();
+        let mut finish = FinishReason::Length;
+        let mut input = Tensor::new(tokens.as_slice(), &self.device)?.unsqueeze(0)?;
+        let mut position = 0usize;
+        let started = Instant::now();
+        let mut timings = Timings::default();
+        while generated.len() < budget {
+            let logits = model.forward(&input, position)?.squeeze(0)?;
+            position += input.dim(1)?;
+            let next = sampler.next(&logits, &tokens, params)?;
+            if position == prompt_tokens {
+                timings.prompt = started.elapsed();
+            }
+            if self.stop_tokens.contains(&next) && !params.ignore_eos {
+                finish = FinishReason::Stop;
+                break;
+            }
+            tokens.push(next);
+            generated.push(next);
+            // Decode everything so far and hand out what is new, once it is whole UTF-8.
+            let decoded = self.decode(&generated)?;
+            if decoded.len() > emitted && !decoded.ends_with('\u{FFFD}') {
+                let fresh = &decoded[emitted..];
+                emitted = decoded.len();
+                let (ready, stopped) = stops.push(fresh);
+                if !ready.is_empty() {
+                    text.push_str(&ready);
+                    if on_text(&ready) == Flow::Stop {
+                        finish = FinishReason::Cancelled;
+                        break;
+                    }
+                }
+                if stopped {
+                    finish = FinishReason::Stop;
+                    break;
+                }
+            }
+            input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
+        }
+        timings.decode = started.elapsed().saturating_sub(timings.prompt);
+        // Text held back as a possible stop-string start was not one after all.
+        let rest = stops.flush();
+        if !rest.is_empty() && finish != FinishReason::Cancelled {
+            text.push_str(&rest);
+            on_text(&rest);
+        }
+        Ok(Completion {
+            text,
+            usage: Usage {
+                prompt_tokens,
+                completion_tokens: generated.len(),
+            },
+            finish_reason: finish,
+            timings,
+        })
+    }
+}

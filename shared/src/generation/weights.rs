@@ -1,0 +1,123 @@
+//! How the SLM's weights are held in memory, chosen at load time.
+//!
+//! A GGUF's stored format is not always the best to run. Conversion dequantizes each matrix (exactly:
+//! dequantization reproduces the stored values) and, for a quantized target, quantizes it again, once,
+//! while loading.
+//!
+//! Faithfulness comes first. With candle 0.11.1 on SmolLM2-135M, greedy answers through candle's Q8_0
+//! and Q4_1 matmuls go wrong ("What is the capital of France?" gets "L'Étoile, la Marseillaise…"),
+//! while F32, F16 (and, less exactly, Q4_0) weights answer "The capital of France is Paris." as the
+//! reference implementation (transformers on the same GGUF) does; the kernels agree with a
+//! dequantized matmul on random matrices, so the fault needs the model's activations to show. Until
+//! engram's own quantized kernel replaces candle's, the default is F32: exact and, with gemm, the
+//! fastest prompt processing.
+
+use std::fmt;
+use std::io::Cursor;
+use std::str::FromStr;
+
+use candle_core::Device;
+use candle_core::quantized::gguf_file::{self, Content};
+use candle_core::quantized::{GgmlDType, QTensor};
+
+use super::GenerationError;
+
+/// The in-memory representation of the model's matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// As stored in the file.
+    AsStored,
+    /// 8-bit blocks: fast decode, but not faithful with candle 0.11.1's kernels (see module docs).
+    Q8_0,
+    /// 4-bit blocks with SIMD kernels: smallest, slower than Q8_0.
+    Q4_0,
+    /// Half precision.
+    F16,
+    /// Full precision (the default): exact, most memory, fastest prompt processing.
+    #[default]
+    F32,
+}
+
+impl WeightFormat {
+    fn target(self) -> Option<GgmlDType> {
+        match self {
+            WeightFormat::AsStored => None,
+            WeightFormat::Q8_0 => Some(GgmlDType::Q8_0),
+            WeightFormat::Q4_0 => Some(GgmlDType::Q4_0),
+            WeightFormat::F16 => Some(GgmlDType::F16),
+            WeightFormat::F32 => Some(GgmlDType::F32),
+        }
+    }
+}
+
+impl fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WeightFormat::AsStored => "as-stored",
+            WeightFormat::Q8_0 => "q8_0",
+            WeightFormat::Q4_0 => "q4_0",
+            WeightFormat::F16 => "f16",
+            WeightFormat::F32 => "f32",
+        })
+    }
+}
+
+impl FromStr for WeightFormat {
+    type Err = GenerationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "as-stored" | "stored" => WeightFormat::AsStored,
+            "q8_0" | "q8" => WeightFormat::Q8_0,
+            "q4_0" | "q4" => WeightFormat::Q4_0,
+            "f16" => WeightFormat::F16,
+            "f32" => WeightFormat::F32,
+            other => {
+                return Err(GenerationError::Request(format!(
+                    "unknown weight format {other:?}: use as-stored, q8_0, q4_0, f16 or f32"
+                )));
+            }
+        })
+    }
+}
+
+/// True for tensors the conversion should touch: 2-D matrices whose rows fit the target's blocks.
+fn convertible(tensor: &QTensor, target: GgmlDType) -> bool {
+    let dims = tensor.shape().dims();
+    dims.len() == 2 && tensor.dtype() != target && dims[dims.len() - 1].is_multiple_of(target.block_size())
+}
+
+/// A GGUF held in memory: its parsed header and a reader over its bytes.
+pub type InMemoryGguf = (Content, Cursor<Vec<u8>>);
+
+/// Reads every tensor of `content`, converts matrices to `format`, and returns an in-memory GGUF
+/// with the same metadata that candle's loaders read as if it were the file.
+pub fn convert<R: std::io::Read + std::io::Seek>(
+    content: &Content,
+    reader: &mut R,
+    format: WeightFormat,
+) -> Result<Option<InMemoryGguf>, GenerationError> {
+    let Some(target) = format.target() else {
+        return Ok(None);
+    };
+    let device = Device::Cpu;
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in names {
+        let tensor = content.tensor(reader, name, &device)?;
+        let tensor = if convertible(&tensor, target) {
+            QTensor::quantize(&tensor.dequantize(&device)?, target)?
+        } else {
+            tensor
+        };
+        tensors.push((name.as_str(), tensor));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+    let mut buffer = Cursor::new(Vec::new());
+    gguf_file::write(&mut buffer, &metadata, &tensor_refs)?;
+    drop(tensors);
+    buffer.set_position(0);
+    let converted = Content::read(&mut buffer)?;
+    Ok(Some((converted, buffer)))
+}

@@ -1,0 +1,289 @@
+//! The models against their reference implementations, on the real weights.
+//!
+//! Fixtures under `tests/fixtures/` were computed by sentence-transformers and by the Hugging Face
+//! tokenizer (`scripts/reference/make_model_fixtures.py`). The weights come from
+//! `scripts/fetch-models.sh`, which these tests run when `models/` lacks them.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use candle_core::quantized::gguf_file::Content;
+use engram_shared::embedding::{Embedder, EmbedderOptions};
+use engram_shared::generation::{
+    ChatMessage, FinishReason, Flow, GenerationError, GenerationParams, Generator, GeneratorOptions, Role,
+    WeightFormat, gguf_tokenizer,
+};
+
+fn models_dir() -> PathBuf {
+    static FETCHED: OnceLock<PathBuf> = OnceLock::new();
+    FETCHED
+        .get_or_init(|| {
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+            let dir = std::env::var("ENGRAM_MODELS_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| root.join("models"));
+            if !dir.join("all-MiniLM-L6-v2/model.safetensors").exists() || !dir.join(GGUF).exists() {
+                let status = std::process::Command::new(root.join("scripts/fetch-models.sh"))
+                    .env("ENGRAM_MODELS_DIR", &dir)
+                    .status()
+                    .expect("run scripts/fetch-models.sh");
+                assert!(status.success(), "scripts/fetch-models.sh failed");
+            }
+            dir
+        })
+        .clone()
+}
+
+const GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn fixture(name: &str) -> serde_json::Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn embedder() -> &'static Embedder {
+    static EMBEDDER: OnceLock<Embedder> = OnceLock::new();
+    EMBEDDER.get_or_init(|| Embedder::load(&models_dir().join("all-MiniLM-L6-v2"), EmbedderOptions::default()).unwrap())
+}
+
+/// The default generator: F32 weights, dequantized exactly from the file.
+fn generator() -> &'static Generator {
+    static GENERATOR: OnceLock<Generator> = OnceLock::new();
+    GENERATOR.get_or_init(|| Generator::load(&models_dir().join(GGUF), GeneratorOptions::default()).unwrap())
+}
+
+#[test]
+fn embeddings_equal_sentence_transformers() {
+    let reference = fixture("minilm_embeddings.json");
+    let sentences: Vec<String> = reference["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<Vec<f32>> = serde_json::from_value(reference["embeddings"].clone()).unwrap();
+    let embedder = embedder();
+    assert_eq!(embedder.dimension(), 384);
+    assert_eq!(embedder.max_tokens(), 256);
+    assert_eq!(embedder.model_id(), "all-MiniLM-L6-v2");
+
+    let got = embedder.embed(&sentences).unwrap();
+    let mut worst = 0f32;
+    for (g, e) in got.vectors.iter().zip(&expected) {
+        assert_eq!(g.len(), e.len());
+        for (a, b) in g.iter().zip(e) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    println!("largest difference from sentence-transformers: {worst:e}");
+    assert!(worst < 1e-4, "embeddings differ from sentence-transformers by {worst}");
+    assert_eq!(
+        got.truncated,
+        vec![sentences.len() - 1],
+        "only the over-long sentence is truncated"
+    );
+}
+
+#[test]
+fn embeddings_do_not_depend_on_batching() {
+    let texts = [
+        "short",
+        "a somewhat longer sentence about vector search",
+        "mid length text here",
+    ];
+    let batched = embedder().embed(&texts).unwrap().vectors;
+    for (text, vector) in texts.iter().zip(&batched) {
+        let alone = &embedder().embed(&[*text]).unwrap().vectors[0];
+        let diff = alone
+            .iter()
+            .zip(vector)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-5, "{text:?} differs by {diff} when batched");
+        let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "not normalised: {norm}");
+    }
+    assert!(embedder().embed::<&str>(&[]).unwrap().vectors.is_empty());
+}
+
+#[test]
+fn gguf_tokenizer_matches_the_hugging_face_ids_and_round_trips() {
+    let reference = fixture("smollm2_token_ids.json");
+    let mut file = std::fs::File::open(models_dir().join(GGUF)).unwrap();
+    let content = Content::read(&mut file).unwrap();
+    let (tokenizer, special) = gguf_tokenizer::from_gguf(&content).unwrap();
+    assert!(special.eos.is_some());
+    for (text, ids) in reference["strings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(reference["ids"].as_array().unwrap())
+    {
+        let text = text.as_str().unwrap();
+        let expected: Vec<u32> = serde_json::from_value(ids.clone()).unwrap();
+        let encoding = tokenizer.encode(text, false).unwrap();
+        assert_eq!(encoding.get_ids(), expected.as_slice(), "ids of {text:?}");
+        assert_eq!(
+            tokenizer.decode(encoding.get_ids(), false).unwrap(),
+            text,
+            "round trip of {text:?}"
+        );
+    }
+}
+
+fn ask(generator: &Generator, question: &str, params: &GenerationParams) -> (String, Vec<String>, FinishReason) {
+    let messages = [ChatMessage::new(Role::User, question)];
+    let mut pieces = Vec::new();
+    let completion = generator
+        .generate(&messages, params, |piece| {
+            pieces.push(piece.to_string());
+            Flow::Continue
+        })
+        .unwrap();
+    assert!(completion.usage.prompt_tokens > 10);
+    assert_eq!(pieces.concat(), completion.text, "streamed pieces add up to the answer");
+    (completion.text, pieces, completion.finish_reason)
+}
+
+#[test]
+fn greedy_generation_with_exact_weights_knows_the_capital_of_france() {
+    assert_eq!(
+        GeneratorOptions::default().weights,
+        WeightFormat::F32,
+        "the default keeps the weights exact"
+    );
+    let params = GenerationParams {
+        max_tokens: 48,
+        ..Default::default()
+    };
+    let (answer, pieces, finish) = ask(generator(), "What is the capital of France?", &params);
+    println!("answer: {answer}");
+    assert!(answer.contains("Paris"), "answer: {answer}");
+    assert!(pieces.len() > 1, "the answer streamed in pieces");
+    assert_eq!(finish, FinishReason::Stop, "the model ended its turn");
+}
+
+#[test]
+fn f16_weights_answer_like_the_exact_ones() {
+    let f16 = Generator::load(
+        &models_dir().join(GGUF),
+        GeneratorOptions {
+            weights: WeightFormat::F16,
+        },
+    )
+    .unwrap();
+    let params = GenerationParams {
+        max_tokens: 48,
+        ..Default::default()
+    };
+    let (answer, _, _) = ask(&f16, "What is the capital of France?", &params);
+    assert!(answer.contains("Paris"), "answer: {answer}");
+}
+
+#[test]
+fn max_tokens_stop_strings_and_cancellation_end_a_generation() {
+    let generator = generator();
+    let question = "Count from one to twenty, separated by commas.";
+    let short = GenerationParams {
+        max_tokens: 3,
+        ..Default::default()
+    };
+    let messages = [ChatMessage::new(Role::User, question)];
+    let completion = generator.generate(&messages, &short, |_| Flow::Continue).unwrap();
+    assert_eq!(completion.finish_reason, FinishReason::Length);
+    assert_eq!(completion.usage.completion_tokens, 3);
+
+    let full = generator
+        .generate(
+            &messages,
+            &GenerationParams {
+                max_tokens: 40,
+                ..Default::default()
+            },
+            |_| Flow::Continue,
+        )
+        .unwrap();
+    let stop_at = full
+        .text
+        .char_indices()
+        .nth(full.text.chars().count() / 2)
+        .map(|(i, _)| i)
+        .unwrap();
+    let stop = full.text[stop_at..].chars().take(3).collect::<String>();
+    let stopped = GenerationParams {
+        max_tokens: 40,
+        stop: vec![stop.clone()],
+        ..Default::default()
+    };
+    let completion = generator.generate(&messages, &stopped, |_| Flow::Continue).unwrap();
+    assert_eq!(completion.finish_reason, FinishReason::Stop);
+    assert!(
+        !completion.text.contains(&stop),
+        "the stop string {stop:?} is excluded: {:?}",
+        completion.text
+    );
+    assert!(full.text.starts_with(&completion.text));
+
+    let mut calls = 0;
+    let cancelled = generator
+        .generate(
+            &messages,
+            &GenerationParams {
+                max_tokens: 40,
+                ..Default::default()
+            },
+            |_| {
+                calls += 1;
+                if calls == 2 { Flow::Stop } else { Flow::Continue }
+            },
+        )
+        .unwrap();
+    assert_eq!(cancelled.finish_reason, FinishReason::Cancelled);
+    assert_eq!(calls, 2);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_sample() {
+    let generator = generator();
+    let params = GenerationParams {
+        max_tokens: 12,
+        temperature: 0.9,
+        top_p: 0.95,
+        top_k: 40,
+        seed: 7,
+        ..Default::default()
+    };
+    let (a, _, _) = ask(generator, "Write a word.", &params);
+    let (b, _, _) = ask(generator, "Write a word.", &params);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_window_is_refused() {
+    let generator = generator();
+    let long = "word ".repeat(generator.context_length() + 10);
+    let err = generator
+        .generate(
+            &[ChatMessage::new(Role::User, long)],
+            &GenerationParams::default(),
+            |_| Flow::Continue,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, GenerationError::Request(m) if m.contains("context window")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_or_wrong_model_file_is_a_clear_error() {
+    let err = Generator::load("/nonexistent/model.gguf".as_ref(), GeneratorOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/model.gguf"), "{err}");
+    let not_gguf = models_dir().join("all-MiniLM-L6-v2/config.json");
+    let err = Generator::load(&not_gguf, GeneratorOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("not a GGUF file"), "{err}");
+    let err = Embedder::load("/nonexistent".as_ref(), EmbedderOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("config.json"), "{err}");
+}
