@@ -50,7 +50,10 @@ def main(results_path, doc_path):
                    f"{r['prompt_tokens_per_s'] / peer['prompt_tokens_per_s']:.2f}x | {r['decode_tokens_per_s']:.1f} | {peer['decode_tokens_per_s']:.1f} | "
                    f"{r['decode_tokens_per_s'] / peer['decode_tokens_per_s']:.2f}x | {r['peak_rss_mib']:.0f} | {peer['peak_rss_mib']:.0f} |")
     peers = sorted({p["engine"] for p in gen if p["engine"] != "engram"})
-    out += ["", f"Peer: {', '.join(peers)}, on the same GGUF file as stored (Q4_1).", ""]
+    out += ["", f"Peer: {', '.join(peers)}, on the same GGUF file as stored (Q4_1).", "",
+            "engram's default is `f32` (the stored weights, dequantized exactly). `q8_0` and `as-stored` use quantized",
+            "kernels, which quantize activations to 8 bits as llama.cpp does; on this model that changes greedy answers",
+            "(see README, Models). Ratios are engram / peer: above 1.0x engram is faster.", ""]
     with open(doc_path, "w") as f:
         f.write("\n".join(out))
 

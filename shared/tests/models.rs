@@ -287,3 +287,46 @@ fn a_missing_or_wrong_model_file_is_a_clear_error() {
     let err = Embedder::load("/nonexistent".as_ref(), EmbedderOptions::default()).unwrap_err();
     assert!(err.to_string().contains("config.json"), "{err}");
 }
+
+#[test]
+fn one_loaded_model_serves_concurrent_requests() {
+    let generator = generator();
+    let params = GenerationParams {
+        max_tokens: 12,
+        ..Default::default()
+    };
+    let alone = generator
+        .generate(&[ChatMessage::new(Role::User, "Name a colour.")], &params, |_| {
+            Flow::Continue
+        })
+        .unwrap();
+    let answers: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    let messages = [ChatMessage::new(Role::User, "Name a colour.")];
+                    generator.generate(&messages, &params, |_| Flow::Continue).unwrap().text
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        answers.iter().all(|a| *a == alone.text),
+        "each request has its own KV cache: {answers:?} vs {:?}",
+        alone.text
+    );
+    let texts = ["one", "two"];
+    let vectors: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = texts
+            .iter()
+            .map(|t| scope.spawn(move || embedder().embed(&[*t]).unwrap().vectors))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let together = embedder().embed(&texts).unwrap().vectors;
+    for (a, b) in vectors.concat().iter().zip(&together) {
+        let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-5, "concurrent embeddings differ by {diff}");
+    }
+}

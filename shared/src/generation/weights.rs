@@ -4,13 +4,13 @@
 //! dequantization reproduces the stored values) and, for a quantized target, quantizes it again, once,
 //! while loading.
 //!
-//! Faithfulness comes first. With candle 0.11.1 on SmolLM2-135M, greedy answers through candle's Q8_0
-//! and Q4_1 matmuls go wrong ("What is the capital of France?" gets "L'Étoile, la Marseillaise…"),
-//! while F32, F16 (and, less exactly, Q4_0) weights answer "The capital of France is Paris." as the
-//! reference implementation (transformers on the same GGUF) does; the kernels agree with a
-//! dequantized matmul on random matrices, so the fault needs the model's activations to show. Until
-//! engram's own quantized kernel replaces candle's, the default is F32: exact and, with gemm, the
-//! fastest prompt processing.
+//! Faithfulness comes first. Quantized CPU kernels (candle's and llama.cpp's alike) also quantize
+//! the activations to 8 bits before each matmul, and for SmolLM2-135M that changes greedy answers:
+//! "What is the capital of France?" gets "L'Étoile, la Marseillaise…" from candle on Q8_0 or Q4_1
+//! weights and "L'Étoile, la Cité…" from llama.cpp on the stored Q4_1 file, while F32 and F16
+//! weights answer "The capital of France is Paris.", as transformers does on the same GGUF
+//! dequantized. The default is therefore F32: the stored weights exactly, and with gemm the fastest
+//! prompt processing; the quantized formats stay available for speed where answers may differ.
 
 use std::fmt;
 use std::io::Cursor;
@@ -27,7 +27,7 @@ use super::GenerationError;
 pub enum WeightFormat {
     /// As stored in the file.
     AsStored,
-    /// 8-bit blocks: fast decode, but not faithful with candle 0.11.1's kernels (see module docs).
+    /// 8-bit blocks: fast decode; activations are quantized too, which changes answers (see module docs).
     Q8_0,
     /// 4-bit blocks with SIMD kernels: smallest, slower than Q8_0.
     Q4_0,
