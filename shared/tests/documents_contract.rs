@@ -190,6 +190,16 @@ async fn bad_documents_are_refused_and_nothing_is_written(store: &dyn DocumentSt
     assert_eq!(store.count(&DocumentFilter::default()).await.unwrap(), before);
 }
 
+async fn concurrent_upserts_of_a_new_document_store_it_once(store: &dyn DocumentStore) {
+    let before = store.count(&DocumentFilter::default()).await.unwrap();
+    let doc = page(Source::File, 4242, "raced");
+    let (a, b) = futures::join!(store.upsert(doc.clone()), store.upsert(doc.clone()));
+    let mut outcomes = vec![a.unwrap(), b.unwrap()];
+    outcomes.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(outcomes, vec![UpsertOutcome::Inserted, UpsertOutcome::Unchanged]);
+    assert_eq!(store.count(&DocumentFilter::default()).await.unwrap(), before + 1);
+}
+
 async fn document_contract(store: &dyn DocumentStore) {
     println!("document contract: running against {}", store.backend());
     reupserting_the_same_documents_changes_nothing(store).await;
@@ -199,6 +209,7 @@ async fn document_contract(store: &dyn DocumentStore) {
     filters_select_by_source_quality_and_change_time(store).await;
     streams_return_every_document_once_in_id_order(store).await;
     bad_documents_are_refused_and_nothing_is_written(store).await;
+    concurrent_upserts_of_a_new_document_store_it_once(store).await;
     common::report(&format!("PASSED: document contract on {}", store.backend()));
 }
 

@@ -78,6 +78,14 @@ fn backend(err: impl std::fmt::Display) -> Error {
     Error::backend(BACKEND, err)
 }
 
+/// True when a write failed because the `_id` already exists (MongoDB error 11000).
+fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
+    matches!(
+        err.kind.as_ref(),
+        mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) if w.code == 11000
+    )
+}
+
 fn filter_doc(filter: &DocumentFilter) -> BsonDocument {
     let mut query = BsonDocument::new();
     if let Some(source) = filter.source {
@@ -158,31 +166,42 @@ impl DocumentStore for MongoDocumentStore {
             "quality": document.quality.as_ref().map(quality_bson).map(Bson::Document).unwrap_or(Bson::Null),
             "updated_at": ts,
         };
-        let stored = self
-            .collection
-            .find_one(doc! { "_id": &id })
-            .projection(doc! { "content_hash": 1, "created_at": 1 })
-            .await
-            .map_err(backend)?;
-        match stored {
-            Some(stored) if stored.get_str("content_hash").ok() == Some(hash.as_str()) => Ok(UpsertOutcome::Unchanged),
-            Some(stored) => {
-                let created = stored.get_datetime("created_at").copied().unwrap_or(ts);
-                fields.insert("_id", &id);
-                fields.insert("created_at", created);
-                self.collection
-                    .replace_one(doc! { "_id": &id }, fields)
-                    .await
-                    .map_err(backend)?;
-                Ok(UpsertOutcome::Updated)
-            }
-            None => {
-                fields.insert("_id", &id);
-                fields.insert("created_at", ts);
-                self.collection.insert_one(fields).await.map_err(backend)?;
-                Ok(UpsertOutcome::Inserted)
+        fields.insert("_id", &id);
+        // Two attempts: if another writer inserts the same id between our read and our insert,
+        // the second pass sees its document and updates (or leaves) it instead of failing.
+        for attempt in 0..2 {
+            let stored = self
+                .collection
+                .find_one(doc! { "_id": &id })
+                .projection(doc! { "content_hash": 1, "created_at": 1 })
+                .await
+                .map_err(backend)?;
+            match stored {
+                Some(stored) if stored.get_str("content_hash").ok() == Some(hash.as_str()) => {
+                    return Ok(UpsertOutcome::Unchanged);
+                }
+                Some(stored) => {
+                    let created = stored.get_datetime("created_at").copied().unwrap_or(ts);
+                    fields.insert("created_at", created);
+                    self.collection
+                        .replace_one(doc! { "_id": &id }, fields)
+                        .await
+                        .map_err(backend)?;
+                    return Ok(UpsertOutcome::Updated);
+                }
+                None => {
+                    fields.insert("created_at", ts);
+                    match self.collection.insert_one(fields.clone()).await {
+                        Ok(_) => return Ok(UpsertOutcome::Inserted),
+                        Err(e) if attempt == 0 && is_duplicate_key(&e) => continue,
+                        Err(e) => return Err(backend(e)),
+                    }
+                }
             }
         }
+        Err(Error::Conflict(format!(
+            "document {id} kept changing while it was being written; retry the upsert"
+        )))
     }
 
     async fn get(&self, id: &str) -> Result<Option<Document>> {

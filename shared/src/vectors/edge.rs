@@ -37,22 +37,19 @@ const READERS: &str = ".readers";
 const BATCH: usize = 256;
 
 /// A shard this process has open, and the private copy it lives in when it is one.
+/// Fields drop in order: the shard flushes and closes first, then its copy is removed.
 struct OpenShard {
     shard: EdgeShard,
     spec: IndexSpec,
-    private_copy: Option<PathBuf>,
+    _private_copy: Option<PrivateCopy>,
 }
 
-impl Drop for OpenShard {
+/// A reader's private copy of a sealed version, removed when the reader closes it.
+struct PrivateCopy(PathBuf);
+
+impl Drop for PrivateCopy {
     fn drop(&mut self) {
-        if let Some(copy) = &self.private_copy {
-            // The shard flushes on drop; remove the copy only afterwards, best effort.
-            let copy = copy.clone();
-            let _ = std::thread::spawn(move || {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-                let _ = fs::remove_dir_all(copy);
-            });
-        }
+        let _ = fs::remove_dir_all(&self.0);
     }
 }
 
@@ -144,25 +141,26 @@ impl EdgeVectorIndex {
                 OpenShard {
                     shard,
                     spec,
-                    private_copy: None,
+                    _private_copy: None,
                 },
             )),
             Err(err) if self.is_sealed(version) => {
                 tracing::debug!(version, %err, "index version is held by another process; reading a private copy");
-                let copy = self.root.join(READERS).join(format!(
+                // Owned before it is filled, so a failed copy is removed too.
+                let copy = PrivateCopy(self.root.join(READERS).join(format!(
                     "{}-{}-{}",
                     collection_name(version),
                     std::process::id(),
                     uuid::Uuid::new_v4()
-                ));
-                copy_dir(&dir, &copy)?;
-                let shard = EdgeShard::load(&copy, None).map_err(backend)?;
+                )));
+                copy_dir(&dir, &copy.0)?;
+                let shard = EdgeShard::load(&copy.0, None).map_err(backend)?;
                 Ok(self.remember(
                     version,
                     OpenShard {
                         shard,
                         spec,
-                        private_copy: Some(copy),
+                        _private_copy: Some(copy),
                     },
                 ))
             }
@@ -275,7 +273,7 @@ impl VectorIndex for EdgeVectorIndex {
             OpenShard {
                 shard,
                 spec,
-                private_copy: None,
+                _private_copy: None,
             },
         );
         Ok(())
