@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs engram on its embedded defaults: no server to install. Everything it stores goes under
 # ENGRAM_HOME (default ./.engram). Stages that later issues add say "not yet" instead of running.
+# Rerunning it is safe: extract writes only what changed.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,9 +20,23 @@ echo "==> storage (embedded defaults under $ENGRAM_HOME)"
 "$bin/feature-pipeline" status
 
 echo
-echo "==> pipeline stages"
-for stage in "extract (Notion export, crawl)" "explore / filter" "dataset (distil, qc, split, publish)" \
-  "index (chunk, embed, alias)" "train (fine-tune, register)"; do
+echo "==> extract: the sample Notion export and the sample site (samples/)"
+"$bin/feature-pipeline" extract notion "samples/notion-export"
+# The crawler fetches the web links of the notes (`extract crawl`); the sample's links point at
+# docs.engram.test, which the tests serve on 127.0.0.1. Here the same site is read from disk.
+"$bin/feature-pipeline" extract files samples/site/articles samples/site/composting-guide.html samples/site/notes
+
+echo
+echo "==> explore (HTML report with charts under $ENGRAM_HOME/reports/)"
+"$bin/feature-pipeline" explore
+
+echo
+echo "==> filter"
+"$bin/feature-pipeline" filter
+
+echo
+echo "==> later stages"
+for stage in "dataset (distil, qc, split, publish)" "index (chunk, embed, alias)" "train (fine-tune, register)"; do
   echo "  $stage: not yet — its issue is open"
 done
 

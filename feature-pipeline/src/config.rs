@@ -1,5 +1,7 @@
 //! The pipeline's typed configuration: flags, with `ENGRAM_*` environment variables as defaults.
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand};
 use engram_shared::config::StorageConfig;
 
@@ -28,6 +30,16 @@ pub struct Config {
 pub enum Command {
     /// Open every store (creating embedded ones, migrating the registry) and print what it holds.
     Status(StatusArgs),
+    /// Read raw documents (Notion, web pages, local files) into the document store.
+    #[command(subcommand)]
+    Extract(ExtractCommand),
+    /// Report the corpus's length and quality distributions, sources, domains and failed crawls
+    /// (HTML report with charts, stored with the run's artifacts).
+    Explore(ExploreArgs),
+    /// Recompute the heuristic quality score of stored documents.
+    Score(ScoreArgs),
+    /// Choose the documents later stages read: drop short, long, low-quality and duplicate ones.
+    Filter(FilterArgs),
 }
 
 /// Options of `status`.
@@ -35,5 +47,162 @@ pub enum Command {
 pub struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
+    pub json: bool,
+}
+
+/// The sources `extract` reads.
+#[derive(Debug, Subcommand)]
+pub enum ExtractCommand {
+    /// A Notion "Markdown & CSV" export (a folder or the .zip Notion gives you), or with `--api` a
+    /// Notion database through Notion's REST API.
+    Notion(NotionArgs),
+    /// Web pages: the links found in stored documents (the default), or `--url`/`--urls-file`.
+    Crawl(CrawlArgs),
+    /// Local markdown, HTML and text files, each one a document with a file:// url.
+    Files(FilesArgs),
+}
+
+/// Limits every extractor shares.
+#[derive(Debug, Clone, Args)]
+pub struct ExtractLimits {
+    /// Largest file or page read, in bytes; a larger one is skipped and reported.
+    #[arg(long, env = "ENGRAM_MAX_DOCUMENT_BYTES", default_value_t = 5 * 1024 * 1024)]
+    pub max_bytes: u64,
+}
+
+/// Options of `extract notion`.
+#[derive(Debug, Args)]
+pub struct NotionArgs {
+    /// Export folders or .zip files (Notion's "Markdown & CSV" export).
+    #[arg(required_unless_present = "api")]
+    pub paths: Vec<PathBuf>,
+
+    /// Read through Notion's REST API instead of an export (needs ENGRAM_NOTION_TOKEN and --database).
+    #[arg(long, requires = "database")]
+    pub api: bool,
+
+    /// With --api: the id of the Notion database whose pages to read (the 32 hex digits in its URL).
+    #[arg(long)]
+    pub database: Option<String>,
+
+    /// With --api: the integration token (an internal integration's secret).
+    #[arg(long, env = "ENGRAM_NOTION_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// With --api: the API's base URL.
+    #[arg(long, env = "ENGRAM_NOTION_API_URL", default_value = "https://api.notion.com")]
+    pub api_url: String,
+
+    /// With --api: the least time between two API requests, in milliseconds (Notion allows an
+    /// average of three requests per second per integration).
+    #[arg(long, default_value_t = 350)]
+    pub api_interval_ms: u64,
+
+    /// Size limits.
+    #[command(flatten)]
+    pub limits: ExtractLimits,
+}
+
+/// Options of `extract crawl`.
+#[derive(Debug, Args)]
+pub struct CrawlArgs {
+    /// A URL to fetch (repeatable). With neither --url nor --urls-file, the web links found in
+    /// stored documents are fetched.
+    #[arg(long = "url")]
+    pub urls: Vec<String>,
+
+    /// A file with one URL per line (`#` starts a comment).
+    #[arg(long)]
+    pub urls_file: Option<PathBuf>,
+
+    /// Also fetch the web links of stored documents when --url or --urls-file is given.
+    #[arg(long)]
+    pub from_documents: bool,
+
+    /// Pages fetched at the same time, over all hosts.
+    #[arg(long, env = "ENGRAM_CRAWL_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: usize,
+
+    /// Least time between two requests to the same host, in milliseconds.
+    #[arg(long, env = "ENGRAM_CRAWL_HOST_DELAY_MS", default_value_t = 500)]
+    pub host_delay_ms: u64,
+
+    /// Time allowed for one request, in seconds.
+    #[arg(long, env = "ENGRAM_CRAWL_TIMEOUT_SECS", default_value_t = 15.0)]
+    pub timeout_secs: f64,
+
+    /// Retries after a timeout, a connection error, a 429 or a 5xx (with exponential backoff).
+    #[arg(long, default_value_t = 2)]
+    pub retries: u32,
+
+    /// The User-Agent sent, and matched against robots.txt rules.
+    #[arg(long, env = "ENGRAM_CRAWL_USER_AGENT", default_value = concat!("engram-crawler/", env!("CARGO_PKG_VERSION")))]
+    pub user_agent: String,
+
+    /// Send every request through this HTTP proxy (e.g. `http://proxy.internal:3128`).
+    #[arg(long, env = "ENGRAM_CRAWL_PROXY")]
+    pub proxy: Option<String>,
+
+    /// Size limits.
+    #[command(flatten)]
+    pub limits: ExtractLimits,
+}
+
+/// Options of `extract files`.
+#[derive(Debug, Args)]
+pub struct FilesArgs {
+    /// Folders (read recursively) or single files.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+
+    /// Size limits.
+    #[command(flatten)]
+    pub limits: ExtractLimits,
+}
+
+/// Options of `explore`.
+#[derive(Debug, Args)]
+pub struct ExploreArgs {
+    /// Where to write the HTML report and its charts (default: ENGRAM_HOME/reports/<run id>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `score`.
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// Rescore every document, not only those without a score from the current heuristic version.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Options of `filter`.
+#[derive(Debug, Clone, Args, serde::Serialize)]
+pub struct FilterArgs {
+    /// Fewest words a document needs.
+    #[arg(long, env = "ENGRAM_FILTER_MIN_WORDS", default_value_t = 40)]
+    pub min_words: usize,
+
+    /// Most words a document may have.
+    #[arg(long, env = "ENGRAM_FILTER_MAX_WORDS", default_value_t = 50_000)]
+    pub max_words: usize,
+
+    /// Lowest quality score kept (0 to 1).
+    #[arg(long, env = "ENGRAM_FILTER_MIN_QUALITY", default_value_t = 0.5)]
+    pub min_quality: f64,
+
+    /// Estimated Jaccard similarity (of word 5-gram sets) from which two documents are
+    /// near-duplicates; the better one is kept. An old draft with one sentence in ten rewritten
+    /// scores about 0.7 against the final version; unrelated notes score under 0.1.
+    #[arg(long, env = "ENGRAM_FILTER_NEAR_DUPLICATE", default_value_t = 0.6)]
+    pub near_duplicate: f64,
+
+    /// Print the dropped documents as JSON lines instead of a table.
+    #[arg(long)]
+    #[serde(skip)]
     pub json: bool,
 }

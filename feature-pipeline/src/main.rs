@@ -6,6 +6,10 @@
 
 mod commands;
 mod config;
+mod pipeline;
+mod progress;
+mod report;
+mod steps;
 
 use clap::Parser;
 
@@ -17,6 +21,10 @@ async fn main() -> std::process::ExitCode {
     init_logging(&config.log);
     let result = match &config.command {
         Command::Status(args) => commands::status::run(&config.storage, args).await,
+        Command::Extract(command) => commands::extract::run(&config.storage, command).await,
+        Command::Explore(args) => commands::explore::run(&config.storage, args).await,
+        Command::Score(args) => commands::score::run(&config.storage, args).await,
+        Command::Filter(args) => commands::filter::run(&config.storage, args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -95,6 +95,32 @@ async fn runs_and_steps_are_recorded_and_cached_by_key(registry: &Registry) {
         registry.finish_run("no-such-run", RunStatus::Succeeded, None).await,
         Err(Error::NotFound { .. })
     ));
+
+    // A later stage finds the latest success of a step by name, whatever its key.
+    let run = registry.start_run(&json!({}), "0.1.0").await.unwrap();
+    let unique = format!("extract-{}", run.id);
+    assert!(registry.latest_step(&unique).await.unwrap().is_none());
+    for (input, status) in [
+        ("a", RunStatus::Succeeded),
+        ("b", RunStatus::Succeeded),
+        ("c", RunStatus::Failed),
+    ] {
+        registry.start_step(&run.id, &step(&unique, input)).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        registry
+            .finish_step(&run.id, &unique, status, Some(input), &json!({}), None)
+            .await
+            .unwrap();
+        if status == RunStatus::Failed {
+            assert!(
+                registry.latest_step(&unique).await.unwrap().is_none(),
+                "a failed retry replaces the record"
+            );
+        } else {
+            let latest = registry.latest_step(&unique).await.unwrap().expect("latest success");
+            assert_eq!(latest.output_hash.as_deref(), Some(input));
+        }
+    }
 }
 
 async fn versions_are_numbered_and_keep_their_lineage(registry: &Registry) {

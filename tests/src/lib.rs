@@ -3,6 +3,8 @@
 //! The binaries are built by `cargo build --workspace --bins` (which `scripts/test.sh` runs first)
 //! into the same target directory as the test executables.
 
+pub mod servers;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -46,4 +48,23 @@ pub fn stderr(output: &Output) -> String {
 /// Standard output as text.
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The value of `variable`, or `None` after printing why the tests for `backend` are skipped.
+/// Panics instead when `ENGRAM_REQUIRE_BACKENDS` lists `backend` (`scripts/test.sh` sets it for
+/// the servers it started).
+pub fn backend_url(backend: &str, variable: &str) -> Option<String> {
+    match std::env::var(variable) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ => {
+            let required = std::env::var("ENGRAM_REQUIRE_BACKENDS").unwrap_or_default();
+            if required.split(',').any(|b| b.trim() == backend) {
+                panic!("{backend} is required (ENGRAM_REQUIRE_BACKENDS) but {variable} is not set");
+            }
+            eprintln!(
+                "SKIPPED: end-to-end tests on {backend}: {variable} is not set, so no {backend} server is known to this run"
+            );
+            None
+        }
+    }
 }

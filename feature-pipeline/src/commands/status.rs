@@ -11,6 +11,7 @@ use engram_shared::storage::Storage;
 use serde_json::json;
 
 use crate::config::StatusArgs;
+use crate::steps::filter;
 
 /// Runs `status`.
 pub async fn run(config: &StorageConfig, args: &StatusArgs) -> Result<()> {
@@ -23,6 +24,7 @@ pub async fn run(config: &StorageConfig, args: &StatusArgs) -> Result<()> {
     let models = storage.registry.models().await?.len();
     let production = storage.registry.alias(AliasKind::Model, MODEL_PRODUCTION).await?;
     let live = storage.registry.alias(AliasKind::Index, INDEX_LIVE).await?;
+    let document_set = filter::latest(&storage.registry, &storage.artifacts).await?;
 
     let backends: serde_json::Map<_, _> = storage
         .describe()
@@ -33,6 +35,7 @@ pub async fn run(config: &StorageConfig, args: &StatusArgs) -> Result<()> {
         "home": config.home,
         "backends": backends,
         "documents": documents,
+        "document_set": document_set.as_ref().map(|set| json!({ "hash": set.hash, "kept": set.ids.len(), "total": set.total })),
         "index_versions": index_versions,
         "index_alias": index_alias,
         "registry_live_index": live,
@@ -50,6 +53,15 @@ pub async fn run(config: &StorageConfig, args: &StatusArgs) -> Result<()> {
         println!("  {store:<10} {backend}");
     }
     println!("documents         {documents}");
+    match &document_set {
+        Some(set) => println!(
+            "document set      {} kept of {} (filter output {})",
+            set.ids.len(),
+            set.total,
+            &set.hash[..12]
+        ),
+        None => println!("document set      none (run `feature-pipeline filter`)"),
+    }
     let versions: Vec<String> = index_versions.iter().map(|v| format!("v{v}")).collect();
     println!(
         "index versions    {} (live: {})",

@@ -292,6 +292,20 @@ impl Registry {
         row.as_ref().map(row_to_step).transpose()
     }
 
+    /// The most recent successful step called `name`, in any run: how a later stage finds what an
+    /// earlier one produced (the filter's document set, the crawl's report).
+    pub async fn latest_step(&self, name: &str) -> Result<Option<StepRecord>> {
+        let row = sqlx::query(
+            "SELECT * FROM pipeline_steps WHERE name = $1 AND status = 'succeeded' \
+             ORDER BY finished_at DESC, run_id LIMIT 1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        row.as_ref().map(row_to_step).transpose()
+    }
+
     /// The steps of a run, in the order they started.
     pub async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>> {
         let rows = sqlx::query("SELECT * FROM pipeline_steps WHERE run_id = $1 ORDER BY started_at, name")
