@@ -35,8 +35,14 @@ echo "==> filter"
 "$bin/feature-pipeline" filter
 
 echo
+echo "==> index (chunk, embed, hybrid index, alias) and its retrieval quality"
+"$bin/feature-pipeline" index
+"$bin/feature-pipeline" indexes
+"$bin/feature-pipeline" eval retrieval --questions samples/questions.tsv | tail -n 1
+
+echo
 echo "==> later stages"
-for stage in "dataset (distil, qc, split, publish)" "index (chunk, embed, alias)" "train (fine-tune, register)"; do
+for stage in "dataset (distil, qc, split, publish)" "train (fine-tune, register)"; do
   echo "  $stage: not yet — its issue is open"
 done
 

@@ -6,77 +6,13 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use engram_shared::config::StorageConfig;
-use engram_shared::documents::{Document, DocumentFilter, Source};
-use engram_shared::storage::open_documents;
+mod common;
+
+use common::Stores;
+use engram_shared::documents::{Document, Source};
+use engram_tests::backend_url;
 use engram_tests::servers::{NOTION_TOKEN, NotionApi, SampleSite, samples};
-use engram_tests::{backend_url, run, stderr, stdout};
-use futures::StreamExt;
 use serde_json::Value;
-
-/// Where a test's stores live: a temporary ENGRAM_HOME, with MongoDB for documents when given.
-struct Stores {
-    home: tempfile::TempDir,
-    mongodb: Option<(String, String)>,
-}
-
-impl Stores {
-    fn sqlite() -> Self {
-        Self {
-            home: tempfile::tempdir().expect("temp home"),
-            mongodb: None,
-        }
-    }
-
-    fn mongodb(uri: String) -> Self {
-        let database = format!("engram_e2e_{}", std::process::id());
-        Self {
-            home: tempfile::tempdir().expect("temp home"),
-            mongodb: Some((uri, database)),
-        }
-    }
-
-    fn env(&self) -> Vec<(&str, String)> {
-        let mut env = vec![("ENGRAM_HOME", self.home.path().display().to_string())];
-        if let Some((uri, database)) = &self.mongodb {
-            env.push(("ENGRAM_MONGODB_URI", uri.clone()));
-            env.push(("ENGRAM_MONGODB_DATABASE", database.clone()));
-        }
-        env
-    }
-
-    /// Runs the pipeline; returns (success, stdout, stderr).
-    async fn pipeline(&self, args: &[&str]) -> (bool, String, String) {
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let env = self.env();
-        let env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-        let output = tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            run("feature-pipeline", &args, &env)
-        })
-        .await
-        .expect("pipeline process");
-        (output.status.success(), stdout(&output), stderr(&output))
-    }
-
-    async fn ok(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.pipeline(args).await;
-        assert!(ok, "feature-pipeline {args:?} failed:\n{out}\n{err}");
-        out
-    }
-
-    async fn documents(&self) -> Vec<Document> {
-        let mut config = StorageConfig::embedded(self.home.path());
-        if let Some((uri, database)) = &self.mongodb {
-            config.mongodb_uri = Some(uri.clone());
-            config.mongodb_database = database.clone();
-        }
-        let store = open_documents(&config).await.expect("open documents");
-        let docs: Vec<_> = store.stream(&DocumentFilter::default()).collect().await;
-        docs.into_iter().map(|d| d.expect("document")).collect()
-    }
-}
 
 fn export_dir() -> PathBuf {
     samples().join("notion-export")

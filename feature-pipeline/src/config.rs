@@ -17,7 +17,7 @@ pub struct Config {
     pub storage: StorageConfig,
 
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `engram_shared=debug`.
-    #[arg(long, env = "ENGRAM_LOG", default_value = "info", global = true)]
+    #[arg(long, env = "ENGRAM_LOG", default_value = "info,qdrant_edge=error", global = true)]
     pub log: String,
 
     /// What to do.
@@ -40,6 +40,111 @@ pub enum Command {
     Score(ScoreArgs),
     /// Choose the documents later stages read: drop short, long, low-quality and duplicate ones.
     Filter(FilterArgs),
+    /// Chunk, embed and index the filtered documents as a new index version, then make it live
+    /// (or, with --rollback, make an earlier version live again).
+    Index(IndexArgs),
+    /// List the index versions and which one is live.
+    Indexes(IndexesArgs),
+    /// Measure the system against question sets.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+}
+
+/// The embedding model both the index and its readers use.
+#[derive(Debug, Clone, Args)]
+pub struct EmbeddingArgs {
+    /// A BERT-family model directory in Hugging Face layout (config.json, model.safetensors,
+    /// tokenizer.json); `scripts/fetch-models.sh` puts all-MiniLM-L6-v2 in models/.
+    #[arg(long, env = "ENGRAM_EMBEDDING_MODEL", default_value = "models/all-MiniLM-L6-v2")]
+    pub embedding_model: PathBuf,
+}
+
+/// Options of `index`.
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    /// The embedding model.
+    #[command(flatten)]
+    pub embedding: EmbeddingArgs,
+
+    /// Target chunk size, in the embedding model's tokens (at most its maximum, 256 for MiniLM).
+    /// 96 retrieved best on the sample questions (README, "Choosing the settings").
+    #[arg(long, env = "ENGRAM_CHUNK_TOKENS", default_value_t = 96)]
+    pub chunk_tokens: usize,
+
+    /// Tokens shared by consecutive chunks.
+    #[arg(long, env = "ENGRAM_CHUNK_OVERLAP", default_value_t = 16)]
+    pub chunk_overlap: usize,
+
+    /// Ready index versions kept for rollback (the live one is never dropped).
+    #[arg(long, env = "ENGRAM_INDEX_KEEP", default_value_t = 3)]
+    pub keep: usize,
+
+    /// Instead of building, move the alias back to the previous ready version (or to --to).
+    #[arg(long)]
+    pub rollback: bool,
+
+    /// With --rollback: the version to make live.
+    #[arg(long, requires = "rollback")]
+    pub to: Option<i64>,
+}
+
+/// Options of `indexes`.
+#[derive(Debug, Args)]
+pub struct IndexesArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The evaluations.
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Retrieval quality of the live index: hit@1/3/5 and MRR over a question set.
+    Retrieval(EvalRetrievalArgs),
+}
+
+/// Options of `eval retrieval`.
+#[derive(Debug, Args)]
+pub struct EvalRetrievalArgs {
+    /// A TSV file: `question<TAB>expected title or url` per line, `#` comments.
+    #[arg(long)]
+    pub questions: PathBuf,
+
+    /// The embedding model (must be the one the index was built with).
+    #[command(flatten)]
+    pub embedding: EmbeddingArgs,
+
+    /// Which retrieval to measure.
+    #[arg(long, value_enum, default_value_t = RetrievalMode::Hybrid)]
+    pub mode: RetrievalMode,
+
+    /// RRF rank constant.
+    #[arg(long, default_value_t = 60.0)]
+    pub rrf_k: f32,
+
+    /// Weight of the dense list in the fusion.
+    #[arg(long, default_value_t = 1.0)]
+    pub dense_weight: f32,
+
+    /// Weight of the BM25 list in the fusion.
+    #[arg(long, default_value_t = 1.5)]
+    pub sparse_weight: f32,
+
+    /// Print per-question results and the metrics as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Retrieval modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetrievalMode {
+    /// Dense and BM25, fused by RRF.
+    Hybrid,
+    /// Dense embeddings only.
+    Dense,
+    /// BM25 only.
+    Sparse,
 }
 
 /// Options of `status`.

@@ -25,6 +25,9 @@ async fn main() -> std::process::ExitCode {
         Command::Explore(args) => commands::explore::run(&config.storage, args).await,
         Command::Score(args) => commands::score::run(&config.storage, args).await,
         Command::Filter(args) => commands::filter::run(&config.storage, args).await,
+        Command::Index(args) => commands::index::run(&config.storage, args).await,
+        Command::Indexes(args) => commands::index::list(&config.storage, args).await,
+        Command::Eval(command) => commands::eval::run(&config.storage, command).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

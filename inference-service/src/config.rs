@@ -18,6 +18,6 @@ pub struct Config {
     pub storage: StorageConfig,
 
     /// Log filter (tracing's EnvFilter syntax).
-    #[arg(long, env = "ENGRAM_LOG", default_value = "info")]
+    #[arg(long, env = "ENGRAM_LOG", default_value = "info,qdrant_edge=error")]
     pub log: String,
 }

@@ -7,8 +7,12 @@ use std::sync::Arc;
 use engram_shared::Error;
 use engram_shared::documents::Source;
 use engram_shared::vectors::edge::EdgeVectorIndex;
+use engram_shared::vectors::hybrid::{self, Fusion, HybridQuery};
 use engram_shared::vectors::qdrant::QdrantVectorIndex;
-use engram_shared::vectors::{Chunk, ChunkFilter, ChunkPoint, Distance, IndexSpec, SearchQuery, VectorIndex};
+use engram_shared::vectors::sparse::encode_query;
+use engram_shared::vectors::{
+    Chunk, ChunkFilter, ChunkPoint, Distance, IndexSpec, QueryVector, SearchQuery, SparseVector, VectorIndex,
+};
 
 const DIM: usize = 8;
 const SPEC: IndexSpec = IndexSpec {
@@ -37,6 +41,9 @@ fn point(doc: usize, position: u32, source: Source, axis: usize, tilt: f32) -> C
             text: format!("chunk {position} of document {doc}"),
         },
         vector: vector(axis, tilt),
+        // Lexical terms: the document's own word, a word per position, one of its own, and one all
+        // chunks share.
+        sparse: encode_query(&format!("word{doc} place{position} chunk{doc}x{position} shared")),
     }
 }
 
@@ -53,7 +60,15 @@ fn corpus() -> Vec<ChunkPoint> {
 
 fn query(axis: usize, limit: usize, filter: ChunkFilter) -> SearchQuery {
     SearchQuery {
-        vector: vector(axis, 0.0),
+        vector: QueryVector::Dense(vector(axis, 0.0)),
+        limit,
+        filter,
+    }
+}
+
+fn lexical(text: &str, limit: usize, filter: ChunkFilter) -> SearchQuery {
+    SearchQuery {
+        vector: QueryVector::Sparse(encode_query(text)),
         limit,
         filter,
     }
@@ -80,6 +95,79 @@ async fn a_built_version_finds_the_nearest_chunks(index: &dyn VectorIndex, v: u6
         .unwrap();
     assert_eq!(hits[0].chunk, expected.chunk, "payload round-trips");
     assert_eq!(hits[0].id, expected.chunk.id());
+}
+
+async fn sparse_search_scores_by_dot_product(index: &dyn VectorIndex, v: u64) {
+    let hits = index
+        .search(v, &lexical("word3 place1", 4, ChunkFilter::default()))
+        .await
+        .unwrap();
+    assert_eq!(hits[0].chunk.doc_id, "doc-3", "{hits:?}");
+    assert_eq!(hits[0].chunk.position, 1, "both terms beat one");
+    assert!(
+        (hits[0].score - 2.0).abs() < 1e-5,
+        "dot product of two shared terms: {}",
+        hits[0].score
+    );
+    assert!(hits[1..].iter().all(|h| (h.score - 1.0).abs() < 1e-5));
+    let crawl = ChunkFilter {
+        source: Some(Source::Crawl),
+        doc_ids: vec![],
+    };
+    let filtered = index.search(v, &lexical("shared", 50, crawl)).await.unwrap();
+    assert!(!filtered.is_empty() && filtered.iter().all(|h| h.chunk.source == Source::Crawl));
+    assert!(
+        index
+            .search(v, &lexical("", 5, ChunkFilter::default()))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a query without terms finds nothing"
+    );
+}
+
+async fn hybrid_search_fuses_both_lists(index: &dyn VectorIndex, v: u64) {
+    // Dense points at document 2; the one word points at document 4's chunk 1: both lead the fused list.
+    let query = HybridQuery::new("chunk4x1", vector(2, 0.0), 3, ChunkFilter::default());
+    let hits = hybrid::search(index, v, &query, &Fusion::default()).await.unwrap();
+    let top: Vec<(&str, u32)> = hits
+        .iter()
+        .map(|h| (h.chunk.doc_id.as_str(), h.chunk.position))
+        .collect();
+    assert!(
+        top[..2].contains(&("doc-2", 0)) && top[..2].contains(&("doc-4", 1)),
+        "{top:?}"
+    );
+    let dense_only = Fusion {
+        sparse_weight: 0.0,
+        ..Fusion::default()
+    };
+    let hits = hybrid::search(index, v, &query, &dense_only).await.unwrap();
+    assert!(hits.iter().all(|h| h.chunk.doc_id == "doc-2"), "{hits:?}");
+}
+
+async fn stored_points_come_back_with_their_vectors(index: &dyn VectorIndex, v: u64) {
+    let corpus = corpus();
+    let wanted: Vec<_> = corpus
+        .iter()
+        .take(3)
+        .map(|p| p.chunk.id())
+        .chain([uuid::Uuid::nil()])
+        .collect();
+    let mut points = index.get_points(v, &wanted).await.unwrap();
+    assert_eq!(points.len(), 3, "unknown ids are left out");
+    points.sort_by_key(|p| (p.chunk.doc_id.clone(), p.chunk.position));
+    for (got, expected) in points.iter().zip(corpus.iter().take(3)) {
+        assert_eq!(got.chunk, expected.chunk);
+        let close = got
+            .vector
+            .iter()
+            .zip(&expected.vector)
+            .all(|(a, b)| (a - b).abs() < 1e-5);
+        assert!(close, "{:?} vs {:?}", got.vector, expected.vector);
+        let sorted: SparseVector = expected.sparse.clone();
+        assert_eq!(got.sparse, sorted);
+    }
 }
 
 async fn filters_restrict_by_source_and_document(index: &dyn VectorIndex, v: u64) {
@@ -156,6 +244,9 @@ async fn vector_contract(index: &dyn VectorIndex, base: u64) {
     println!("vector contract: running against {}", index.backend());
     a_built_version_finds_the_nearest_chunks(index, base + 1).await;
     filters_restrict_by_source_and_document(index, base + 1).await;
+    sparse_search_scores_by_dot_product(index, base + 1).await;
+    hybrid_search_fuses_both_lists(index, base + 1).await;
+    stored_points_come_back_with_their_vectors(index, base + 1).await;
     reupserting_points_is_idempotent_and_versions_are_built_once(index, base + 2).await;
     the_alias_moves_in_one_step_and_guards_the_live_version(index, base + 1, base + 2).await;
     common::report(&format!("PASSED: vector contract on {}", index.backend()));

@@ -1,7 +1,9 @@
 //! One module per subcommand.
 
+pub mod eval;
 pub mod explore;
 pub mod extract;
 pub mod filter;
+pub mod index;
 pub mod score;
 pub mod status;

@@ -1,8 +1,11 @@
 //! The pipeline's steps, one file each: typed input to typed output, touching storage only where
 //! the module comment says.
 
+pub mod chunk;
 pub mod dedup;
+pub mod eval;
 pub mod explore;
 pub mod extract;
 pub mod filter;
+pub mod index;
 pub mod score;

@@ -17,19 +17,21 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use qdrant_edge::{
-    AnyVariants, Condition, CountRequest, Distance as EdgeDistance, EdgeConfig, EdgeShard, EdgeVectorParams,
-    FieldCondition, Filter, Match, NamedQuery, PointId, PointInsertOperations, PointOperations, PointStruct, QueryEnum,
-    SearchRequest, UpdateOperation, ValueVariants, VectorInternal, WithPayloadInterface,
+    AnyVariants, Condition, CountRequest, Distance as EdgeDistance, EdgeConfig, EdgeShard, EdgeSparseVectorParams,
+    EdgeVectorParams, FieldCondition, Filter, Match, NamedQuery, PointId, PointInsertOperations, PointOperations,
+    PointStruct, QueryEnum, SearchRequest, SparseVector as EdgeSparseVector, UpdateOperation, ValueVariants, Vector,
+    VectorInternal, VectorStructInternal, WithPayloadInterface, WithVector,
 };
 
 use super::{
-    ALIAS, ChunkFilter, ChunkPoint, IndexSpec, SearchHit, SearchQuery, VectorIndex, check_dimensions, collection_name,
-    parse_collection_name,
+    ALIAS, ChunkFilter, ChunkPoint, IndexSpec, QueryVector, SearchHit, SearchQuery, SparseVector, VectorIndex,
+    check_dimensions, check_query_dimension, collection_name, parse_collection_name,
 };
 use crate::{Error, Result};
 
 const BACKEND: &str = "qdrant-edge";
 const DENSE: &str = "dense";
+const SPARSE: &str = "sparse";
 const SEALED: &str = "SEALED";
 const SPEC: &str = "engram-spec.json";
 const ALIASES: &str = "aliases.json";
@@ -266,6 +268,8 @@ impl VectorIndex for EdgeVectorIndex {
                 DENSE,
                 EdgeVectorParams::builder(spec.dimension, edge_distance(spec.distance)).build(),
             )
+            // Weights are BM25 computed by the pipeline: no IDF modifier (see `sparse`).
+            .sparse_vector(SPARSE, EdgeSparseVectorParams::default())
             .build();
         let shard = blocking(move || EdgeShard::new(&dir, config).map_err(backend)).await?;
         self.remember(
@@ -287,7 +291,9 @@ impl VectorIndex for EdgeVectorIndex {
             let mut structs = Vec::with_capacity(batch.len());
             for point in batch {
                 let id = PointId::Uuid(point.chunk.id());
-                let vectors = vec![(DENSE, point.vector.clone())];
+                let sparse = Vector::new_sparse(point.sparse.indices.clone(), point.sparse.values.clone())
+                    .map_err(|e| Error::Invalid(format!("sparse vector of chunk {}: {e}", point.chunk.position)))?;
+                let vectors = vec![(DENSE, Vector::new_dense(point.vector.clone())), (SPARSE, sparse)];
                 structs.push(PointStruct::new(id, vectors, point.chunk.to_payload()?).into());
             }
             batches.push(structs);
@@ -322,18 +328,22 @@ impl VectorIndex for EdgeVectorIndex {
 
     async fn search(&self, version: u64, query: &SearchQuery) -> Result<Vec<SearchHit>> {
         let open = self.shard(version)?;
-        if query.vector.len() != open.spec.dimension {
-            return Err(Error::Invalid(format!(
-                "query vector has {} dimensions; index version {} holds {}",
-                query.vector.len(),
-                collection_name(version),
-                open.spec.dimension
-            )));
-        }
+        let (vector, using) = match &query.vector {
+            QueryVector::Dense(vector) => {
+                check_query_dimension(vector, version, &open.spec)?;
+                (VectorInternal::from(vector.clone()), DENSE)
+            }
+            QueryVector::Sparse(sparse) if sparse.is_empty() => return Ok(Vec::new()),
+            QueryVector::Sparse(sparse) => {
+                let sparse = EdgeSparseVector::new(sparse.indices.clone(), sparse.values.clone())
+                    .map_err(|e| Error::Invalid(format!("sparse query vector: {e}")))?;
+                (VectorInternal::Sparse(sparse), SPARSE)
+            }
+        };
         let request = SearchRequest {
             query: QueryEnum::Nearest(NamedQuery {
-                query: VectorInternal::from(query.vector.clone()),
-                using: Some(DENSE.to_string()),
+                query: vector,
+                using: Some(using.to_string()),
             }),
             filter: edge_filter(&query.filter)?,
             params: None,
@@ -360,6 +370,45 @@ impl VectorIndex for EdgeVectorIndex {
                     chunk: super::Chunk::from_payload(payload)?,
                     score: point.score,
                 })
+            })
+            .collect()
+    }
+
+    async fn get_points(&self, version: u64, ids: &[uuid::Uuid]) -> Result<Vec<ChunkPoint>> {
+        let open = self.shard(version)?;
+        let ids: Vec<PointId> = ids.iter().map(|id| PointId::Uuid(*id)).collect();
+        let records = blocking(move || {
+            open.shard
+                .retrieve(
+                    &ids,
+                    Some(WithPayloadInterface::Bool(true)),
+                    Some(WithVector::Bool(true)),
+                )
+                .map_err(backend)
+        })
+        .await?;
+        records
+            .into_iter()
+            .map(|record| {
+                let payload = record
+                    .payload
+                    .map(|p| serde_json::Value::Object(p.0))
+                    .unwrap_or_default();
+                let chunk = super::Chunk::from_payload(payload)?;
+                let Some(VectorStructInternal::Named(mut vectors)) = record.vector else {
+                    return Err(Error::Corrupt(format!("point {} has no named vectors", chunk.id())));
+                };
+                let vector = match vectors.remove(DENSE) {
+                    Some(VectorInternal::Dense(vector)) => vector,
+                    _ => return Err(Error::Corrupt(format!("point {} has no dense vector", chunk.id()))),
+                };
+                let sparse = match vectors.remove(SPARSE) {
+                    Some(VectorInternal::Sparse(EdgeSparseVector { indices, values })) => {
+                        SparseVector { indices, values }
+                    }
+                    _ => SparseVector::default(),
+                };
+                Ok(ChunkPoint { chunk, vector, sparse })
             })
             .collect()
     }

@@ -6,7 +6,12 @@
 //! old ones are kept for rollback until dropped.
 
 pub mod edge;
+pub mod hybrid;
+pub mod manifest;
 pub mod qdrant;
+pub mod sparse;
+
+pub use sparse::SparseVector;
 
 use std::fmt;
 use std::str::FromStr;
@@ -137,6 +142,8 @@ pub struct ChunkPoint {
     pub chunk: Chunk,
     /// Its dense embedding.
     pub vector: Vec<f32>,
+    /// Its BM25 sparse vector (see [`sparse`]); may be empty.
+    pub sparse: SparseVector,
 }
 
 /// Which chunks a search may return. Empty means all.
@@ -149,11 +156,20 @@ pub struct ChunkFilter {
     pub doc_ids: Vec<String>,
 }
 
-/// A search request.
+/// What a search compares chunks with: one of the two named vectors.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueryVector {
+    /// The query's dense embedding, against the chunks' dense vectors.
+    Dense(Vec<f32>),
+    /// The query's sparse (BM25) vector, scored by dot product against the chunks' sparse vectors.
+    Sparse(SparseVector),
+}
+
+/// A search request on one named vector (see [`hybrid`] for both, fused).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchQuery {
-    /// The query's dense embedding.
-    pub vector: Vec<f32>,
+    /// What to compare with.
+    pub vector: QueryVector,
     /// How many hits at most.
     pub limit: usize,
     /// Which chunks qualify.
@@ -191,6 +207,10 @@ pub trait VectorIndex: Send + Sync {
     /// The nearest chunks to the query in `version`.
     async fn search(&self, version: u64, query: &SearchQuery) -> Result<Vec<SearchHit>>;
 
+    /// The stored points with these ids (dense and sparse vectors included), in no particular
+    /// order; ids not in `version` are left out. Lets a new version reuse embeddings.
+    async fn get_points(&self, version: u64, ids: &[uuid::Uuid]) -> Result<Vec<ChunkPoint>>;
+
     /// How many points `version` holds.
     async fn count(&self, version: u64) -> Result<u64>;
 
@@ -217,9 +237,31 @@ pub trait VectorIndex: Send + Sync {
     }
 }
 
+/// Checks a query's dense vector against the index's dimension.
+pub(crate) fn check_query_dimension(vector: &[f32], version: u64, spec: &IndexSpec) -> Result<()> {
+    if vector.len() != spec.dimension {
+        return Err(Error::Invalid(format!(
+            "query vector has {} dimensions; index version {} holds {}",
+            vector.len(),
+            collection_name(version),
+            spec.dimension
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a batch of points against the index's dimension before anything is written.
 pub(crate) fn check_dimensions(points: &[ChunkPoint], spec: &IndexSpec) -> Result<()> {
     for point in points {
+        if point.sparse.indices.len() != point.sparse.values.len() {
+            return Err(Error::Invalid(format!(
+                "chunk {} of document {} has a sparse vector with {} indices and {} values",
+                point.chunk.position,
+                point.chunk.doc_id,
+                point.sparse.indices.len(),
+                point.sparse.values.len()
+            )));
+        }
         if point.vector.len() != spec.dimension {
             return Err(Error::Invalid(format!(
                 "chunk {} of document {} has a {}-dimensional vector; this index version holds {}-dimensional vectors",

@@ -10,20 +10,22 @@ use std::time::Duration;
 use async_trait::async_trait;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateAliasBuilder, CreateCollectionBuilder, Distance as QdrantDistance, Filter,
-    GetCollectionInfoRequest, NamedVectors, PointStruct, Query, QueryPointsBuilder, UpsertPointsBuilder,
-    VectorParamsBuilder, VectorsConfigBuilder, point_id::PointIdOptions,
+    GetCollectionInfoRequest, GetPointsBuilder, NamedVectors, PointId, PointStruct, Query, QueryPointsBuilder,
+    SparseVectorParamsBuilder, SparseVectorsConfigBuilder, UpsertPointsBuilder, Vector, VectorInput,
+    VectorParamsBuilder, VectorsConfigBuilder, point_id::PointIdOptions, vector_output,
 };
 use qdrant_client::{Payload, Qdrant};
 
 use super::{
-    ALIAS, Chunk, ChunkFilter, ChunkPoint, Distance, IndexSpec, SearchHit, SearchQuery, VectorIndex, check_dimensions,
-    collection_name, parse_collection_name,
+    ALIAS, Chunk, ChunkFilter, ChunkPoint, Distance, IndexSpec, QueryVector, SearchHit, SearchQuery, SparseVector,
+    VectorIndex, check_dimensions, check_query_dimension, collection_name, parse_collection_name,
 };
 use crate::error::redact;
 use crate::{Error, Result};
 
 const BACKEND: &str = "qdrant";
 const DENSE: &str = "dense";
+const SPARSE: &str = "sparse";
 const BATCH: usize = 256;
 
 /// Versions of the index as collections on a Qdrant server.
@@ -163,8 +165,15 @@ impl VectorIndex for QdrantVectorIndex {
             DENSE,
             VectorParamsBuilder::new(spec.dimension as u64, qdrant_distance(spec.distance)),
         );
+        // Weights are BM25 computed by the pipeline: no IDF modifier (see `sparse`).
+        let mut sparse = SparseVectorsConfigBuilder::default();
+        sparse.add_named_vector_params(SPARSE, SparseVectorParamsBuilder::default());
         self.client
-            .create_collection(CreateCollectionBuilder::new(&name).vectors_config(vectors))
+            .create_collection(
+                CreateCollectionBuilder::new(&name)
+                    .vectors_config(vectors)
+                    .sparse_vectors_config(sparse),
+            )
             .await
             .map_err(backend)?;
         Ok(())
@@ -183,7 +192,12 @@ impl VectorIndex for QdrantVectorIndex {
             let mut structs = Vec::with_capacity(batch.len());
             for point in batch {
                 let payload = Payload::try_from(point.chunk.to_payload()?).map_err(backend)?;
-                let vectors = NamedVectors::default().add_vector(DENSE, point.vector.clone());
+                let vectors = NamedVectors::default()
+                    .add_vector(DENSE, point.vector.clone())
+                    .add_vector(
+                        SPARSE,
+                        Vector::new_sparse(point.sparse.indices.clone(), point.sparse.values.clone()),
+                    );
                 structs.push(PointStruct::new(point.chunk.id().to_string(), vectors, payload));
             }
             self.client
@@ -205,9 +219,20 @@ impl VectorIndex for QdrantVectorIndex {
     }
 
     async fn search(&self, version: u64, query: &SearchQuery) -> Result<Vec<SearchHit>> {
+        let (input, using) = match &query.vector {
+            QueryVector::Dense(vector) => {
+                check_query_dimension(vector, version, &self.spec(version).await?)?;
+                (VectorInput::from(vector.clone()), DENSE)
+            }
+            QueryVector::Sparse(sparse) if sparse.is_empty() => return Ok(Vec::new()),
+            QueryVector::Sparse(sparse) => (
+                VectorInput::new_sparse(sparse.indices.clone(), sparse.values.clone()),
+                SPARSE,
+            ),
+        };
         let mut request = QueryPointsBuilder::new(collection_name(version))
-            .query(Query::new_nearest(query.vector.clone()))
-            .using(DENSE)
+            .query(Query::new_nearest(input))
+            .using(using)
             .limit(query.limit as u64)
             .with_payload(true);
         if let Some(filter) = qdrant_filter(&query.filter) {
@@ -231,6 +256,41 @@ impl VectorIndex for QdrantVectorIndex {
                     chunk: Chunk::from_payload(serde_json::Value::Object(payload))?,
                     score: point.score,
                 })
+            })
+            .collect()
+    }
+
+    async fn get_points(&self, version: u64, ids: &[uuid::Uuid]) -> Result<Vec<ChunkPoint>> {
+        let ids: Vec<PointId> = ids.iter().map(|id| PointId::from(id.to_string())).collect();
+        let response = self
+            .client
+            .get_points(
+                GetPointsBuilder::new(collection_name(version), ids)
+                    .with_vectors(true)
+                    .with_payload(true),
+            )
+            .await
+            .map_err(|e| not_found_or(version, e))?;
+        response
+            .result
+            .into_iter()
+            .map(|point| {
+                let payload: serde_json::Map<String, serde_json::Value> =
+                    point.payload.into_iter().map(|(k, v)| (k, v.into_json())).collect();
+                let chunk = Chunk::from_payload(serde_json::Value::Object(payload))?;
+                let vectors = point.vectors.as_ref();
+                let vector = match vectors.and_then(|v| v.get_vector_by_name(DENSE)) {
+                    Some(vector_output::Vector::Dense(dense)) => dense.data,
+                    _ => return Err(Error::Corrupt(format!("point {} has no dense vector", chunk.id()))),
+                };
+                let sparse = match vectors.and_then(|v| v.get_vector_by_name(SPARSE)) {
+                    Some(vector_output::Vector::Sparse(sparse)) => SparseVector {
+                        indices: sparse.indices,
+                        values: sparse.values,
+                    },
+                    _ => SparseVector::default(),
+                };
+                Ok(ChunkPoint { chunk, vector, sparse })
             })
             .collect()
     }

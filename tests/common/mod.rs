@@ -1,0 +1,74 @@
+//! Stores for the end-to-end tests: a temporary ENGRAM_HOME, with MongoDB for documents when given,
+//! and the pipeline binary run against them.
+
+#![allow(dead_code)]
+
+use engram_shared::config::StorageConfig;
+use engram_shared::documents::{Document, DocumentFilter};
+use engram_shared::storage::open_documents;
+use engram_tests::{run, stderr, stdout};
+use futures::StreamExt;
+
+/// Where a test's stores live: a temporary ENGRAM_HOME, with MongoDB for documents when given.
+pub struct Stores {
+    pub home: tempfile::TempDir,
+    pub mongodb: Option<(String, String)>,
+}
+
+impl Stores {
+    pub fn sqlite() -> Self {
+        Self {
+            home: tempfile::tempdir().expect("temp home"),
+            mongodb: None,
+        }
+    }
+
+    pub fn mongodb(uri: String) -> Self {
+        let database = format!("engram_e2e_{}", std::process::id());
+        Self {
+            home: tempfile::tempdir().expect("temp home"),
+            mongodb: Some((uri, database)),
+        }
+    }
+
+    pub fn env(&self) -> Vec<(&str, String)> {
+        let mut env = vec![("ENGRAM_HOME", self.home.path().display().to_string())];
+        if let Some((uri, database)) = &self.mongodb {
+            env.push(("ENGRAM_MONGODB_URI", uri.clone()));
+            env.push(("ENGRAM_MONGODB_DATABASE", database.clone()));
+        }
+        env
+    }
+
+    /// Runs the pipeline; returns (success, stdout, stderr).
+    pub async fn pipeline(&self, args: &[&str]) -> (bool, String, String) {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let env = self.env();
+        let env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let output = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            run("feature-pipeline", &args, &env)
+        })
+        .await
+        .expect("pipeline process");
+        (output.status.success(), stdout(&output), stderr(&output))
+    }
+
+    pub async fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.pipeline(args).await;
+        assert!(ok, "feature-pipeline {args:?} failed:\n{out}\n{err}");
+        out
+    }
+
+    pub async fn documents(&self) -> Vec<Document> {
+        let mut config = StorageConfig::embedded(self.home.path());
+        if let Some((uri, database)) = &self.mongodb {
+            config.mongodb_uri = Some(uri.clone());
+            config.mongodb_database = database.clone();
+        }
+        let store = open_documents(&config).await.expect("open documents");
+        let docs: Vec<_> = store.stream(&DocumentFilter::default()).collect().await;
+        docs.into_iter().map(|d| d.expect("document")).collect()
+    }
+}

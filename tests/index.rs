@@ -1,0 +1,212 @@
+//! The RAG index end to end: the real `feature-pipeline` chunks, embeds (all-MiniLM-L6-v2 on
+//! candle) and indexes the sample corpus into qdrant-edge, finds the expected documents for the
+//! shipped questions, reuses embeddings on a rerun, survives a build killed before the alias moves,
+//! rolls back, and refuses an index built with another embedding model.
+//!
+//! The Qdrant server backend runs the same operations (sparse and hybrid search, point retrieval,
+//! versions, alias) in `shared/tests/vectors_contract.rs` wherever `ENGRAM_QDRANT_URL` is set.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::Stores;
+use engram_tests::binary;
+use engram_tests::servers::samples;
+use serde_json::Value;
+
+fn model_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2")
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn questions() -> String {
+    samples().join("questions.tsv").display().to_string()
+}
+
+async fn corpus(stores: &Stores) {
+    let site = samples().join("site");
+    stores
+        .ok(&[
+            "extract",
+            "notion",
+            &samples().join("notion-export").display().to_string(),
+        ])
+        .await;
+    stores
+        .ok(&[
+            "extract",
+            "files",
+            &site.join("articles").display().to_string(),
+            &site.join("composting-guide.html").display().to_string(),
+            &site.join("notes").display().to_string(),
+        ])
+        .await;
+    stores.ok(&["filter"]).await;
+}
+
+async fn eval(stores: &Stores, model: &str) -> Value {
+    let out = stores
+        .ok(&[
+            "eval",
+            "retrieval",
+            "--questions",
+            &questions(),
+            "--embedding-model",
+            model,
+            "--json",
+        ])
+        .await;
+    serde_json::from_str(&out).expect("eval --json")
+}
+
+/// `eval retrieval` that may fail: (success, stdout, stderr).
+async fn try_eval(stores: &Stores, model: &str) -> (bool, String, String) {
+    stores
+        .pipeline(&[
+            "eval",
+            "retrieval",
+            "--questions",
+            &questions(),
+            "--embedding-model",
+            model,
+        ])
+        .await
+}
+
+async fn indexes(stores: &Stores) -> Value {
+    serde_json::from_str(&stores.ok(&["indexes", "--json"]).await).expect("indexes --json")
+}
+
+fn number(out: &str, label: &str) -> u64 {
+    // "… (325 embedded, 0 reused, …)"
+    let before = out.split(label).next().unwrap_or_default();
+    before
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .find(|s| !s.is_empty())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no {label:?} count in:\n{out}"))
+}
+
+async fn index_the_sample_corpus(stores: Stores) {
+    let model = model_dir().display().to_string();
+    corpus(&stores).await;
+    let (ok, _, err) = try_eval(&stores, &model).await;
+    assert!(
+        !ok && err.contains("feature-pipeline index"),
+        "no index yet is named:\n{err}"
+    );
+
+    // First build: everything embedded; the shipped questions find their documents.
+    let out = stores.ok(&["index", "--embedding-model", &model]).await;
+    let chunks = number(&out, " chunks of");
+    assert!(chunks > 100, "{out}");
+    assert_eq!(number(&out, " embedded"), chunks, "{out}");
+    assert!(out.contains("chunks/s"), "throughput is printed:\n{out}");
+    let first = eval(&stores, &model).await;
+    let hit_at_5 = first["metrics"]["hit_at_5"].as_f64().unwrap();
+    assert!(hit_at_5 >= 0.9, "hit@5 {hit_at_5}: {first:#}");
+
+    // A rerun embeds nothing and makes an identical version.
+    let out = stores.ok(&["index", "--embedding-model", &model]).await;
+    assert_eq!(number(&out, " embedded"), 0, "{out}");
+    assert_eq!(number(&out, " reused"), chunks, "{out}");
+    let second = eval(&stores, &model).await;
+    assert_eq!(second["version"], 2);
+    assert_eq!(first["questions"], second["questions"], "same content, same answers");
+
+    // A build killed before the alias moves leaves version 2 live; the next build clears it up.
+    let mut child = std::process::Command::new(binary("feature-pipeline"));
+    child.args([
+        "index",
+        "--embedding-model",
+        &model,
+        "--chunk-tokens",
+        "160",
+        "--chunk-overlap",
+        "32",
+    ]);
+    for (key, value) in stores.env() {
+        child.env(key, value);
+    }
+    child.env("ENGRAM_LOG", "error").stdout(std::process::Stdio::null());
+    let mut child = child.spawn().expect("start index");
+    let building = stores.home.path().join("vectors/chunks_v3");
+    let started = Instant::now();
+    while !building.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build ended before it could be killed"
+        );
+        assert!(started.elapsed() < Duration::from_secs(120), "version 3 never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.kill().expect("kill the build");
+    child.wait().unwrap();
+    let listed = indexes(&stores).await;
+    assert_eq!(listed["live"], 2, "{listed:#}");
+    assert_eq!(listed["versions"][0]["status"], "building");
+    assert_eq!(
+        eval(&stores, &model).await["questions"],
+        first["questions"],
+        "readers still get version 2"
+    );
+
+    // Rollback moves the alias to the previous ready version; --keep drops the rest.
+    let out = stores.ok(&["index", "--rollback"]).await;
+    assert!(out.contains("from v2 to v1"), "{out}");
+    let out = stores.ok(&["index", "--embedding-model", &model, "--keep", "1"]).await;
+    assert_eq!(number(&out, " embedded"), 0, "{out}");
+    assert!(out.contains("dropped old versions"), "{out}");
+    let listed = indexes(&stores).await;
+    assert_eq!(listed["live"], 4, "{listed:#}");
+    let statuses: Vec<(u64, String)> = listed["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_u64().unwrap(),
+                v["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (4, "ready".into()),
+            (3, "dropped".into()),
+            (2, "dropped".into()),
+            (1, "dropped".into())
+        ]
+    );
+
+    // A reader with another embedding model is refused, naming both models.
+    let other = tempfile::tempdir().unwrap();
+    let other_model = other.path().join("other-embedder");
+    copy_dir(&model_dir(), &other_model);
+    let (ok, _, err) = try_eval(&stores, &other_model.display().to_string()).await;
+    assert!(!ok, "a different embedding model must be refused");
+    assert!(
+        err.contains("all-MiniLM-L6-v2") && err.contains("other-embedder"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sample_corpus_into_qdrant_edge() {
+    index_the_sample_corpus(Stores::sqlite()).await;
+}
