@@ -41,11 +41,20 @@ echo "==> index (chunk, embed, hybrid index, alias) and its retrieval quality"
 "$bin/feature-pipeline" eval retrieval --questions samples/questions.tsv | tail -n 1
 
 echo
+echo "==> model: register the base SmolLM2 as version 1 and promote it"
+"$bin/feature-pipeline" models register models/SmolLM2-135M-Instruct.Q4_1.gguf --promote
+
+echo
 echo "==> later stages"
 for stage in "dataset (distil, qc, split, publish)" "train (fine-tune, register)"; do
   echo "  $stage: not yet — its issue is open"
 done
 
+addr="${ENGRAM_ADDR:-127.0.0.1:8080}"
 echo
-echo "==> inference service"
-"$bin/inference-service"
+echo "==> inference service on http://$addr (Ctrl-C stops it)"
+cat <<EXAMPLE
+  curl -s http://$addr/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{"messages":[{"role":"user","content":"Which train did we take to Sintra?"}],"max_tokens":64}'
+EXAMPLE
+exec "$bin/inference-service" --addr "$addr"

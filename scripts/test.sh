@@ -123,7 +123,7 @@ cargo test --workspace --no-fail-fast
 
 if compgen -G "tests/python/test_*.py" >/dev/null; then
   step "python real-client tests"
-  "$venv/bin/python" -m pytest -q tests/python
+  ENGRAM_BIN_DIR="$CARGO_TARGET_DIR/debug" "$venv/bin/python" -m pytest -q tests/python
 fi
 
 step "contract suites"

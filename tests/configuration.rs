@@ -41,7 +41,7 @@ fn embedded_defaults_need_no_server() {
     assert!(home.path().join("registry.sqlite").exists());
     assert!(home.path().join("documents.sqlite").exists());
 
-    let service = run("inference-service", &[], &[("ENGRAM_HOME", home_str)]);
+    let service = run("inference-service", &["--check"], &[("ENGRAM_HOME", home_str)]);
     assert!(
         service.status.success(),
         "inference-service failed: {}",

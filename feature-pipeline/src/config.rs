@@ -48,6 +48,33 @@ pub enum Command {
     /// Measure the system against question sets.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Model versions in the registry: register a model file, promote it to production.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+/// The model commands.
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Store a model file in the artifact store and record it as a new model version.
+    Register(RegisterModelArgs),
+    /// List model versions and which one is in production.
+    List,
+}
+
+/// Options of `models register`.
+#[derive(Debug, Args)]
+pub struct RegisterModelArgs {
+    /// The model: a llama-family GGUF file.
+    pub path: PathBuf,
+
+    /// Its name (default: the file name).
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Point the `production` alias at it: the inference service picks it up.
+    #[arg(long)]
+    pub promote: bool,
 }
 
 /// The embedding model both the index and its readers use.

@@ -28,6 +28,7 @@ async fn main() -> std::process::ExitCode {
         Command::Index(args) => commands::index::run(&config.storage, args).await,
         Command::Indexes(args) => commands::index::list(&config.storage, args).await,
         Command::Eval(command) => commands::eval::run(&config.storage, command).await,
+        Command::Models(command) => commands::models::run(&config.storage, command).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,12 +1,13 @@
 //! The service's typed configuration: flags, with `ENGRAM_*` environment variables as defaults.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Parser;
 use engram_shared::config::StorageConfig;
 
 /// engram's inference service: retrieval-augmented chat over the promoted model and the live index.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "inference-service", version, about, long_about)]
 pub struct Config {
     /// Address to listen on.
@@ -16,6 +17,42 @@ pub struct Config {
     /// Where the stores are.
     #[command(flatten)]
     pub storage: StorageConfig,
+
+    /// Serve this GGUF file instead of the registry's `production` model (for development).
+    #[arg(long, env = "ENGRAM_MODEL")]
+    pub model: Option<PathBuf>,
+
+    /// The embedding model directory: must be the one the live index was built with.
+    #[arg(long, env = "ENGRAM_EMBEDDING_MODEL", default_value = "models/all-MiniLM-L6-v2")]
+    pub embedding_model: PathBuf,
+
+    /// Threads running the model; each runs one generation at a time.
+    #[arg(long, env = "ENGRAM_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+
+    /// Requests waiting for a model thread before new ones are refused with 429.
+    #[arg(long, env = "ENGRAM_MAX_QUEUE", default_value_t = 16)]
+    pub max_queue: usize,
+
+    /// Most completion tokens per request (a request's max_tokens is capped here).
+    #[arg(long, env = "ENGRAM_MAX_COMPLETION_TOKENS", default_value_t = 512)]
+    pub max_completion_tokens: usize,
+
+    /// Chunks retrieved per question by default.
+    #[arg(long, env = "ENGRAM_TOP_K", default_value_t = 4)]
+    pub top_k: usize,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "ENGRAM_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// How often to look for a newly promoted model or a newly live index, in seconds.
+    #[arg(long, env = "ENGRAM_RELOAD_INTERVAL_SECS", default_value_t = 10)]
+    pub reload_interval_secs: u64,
+
+    /// Open the stores, print what would be served, and exit (a configuration check).
+    #[arg(long)]
+    pub check: bool,
 
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "ENGRAM_LOG", default_value = "info,qdrant_edge=error")]

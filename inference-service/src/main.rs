@@ -1,17 +1,28 @@
 //! inference-service: engram's online half, up 24/7.
 //!
 //! It serves the model promoted in the registry and retrieves from the live vector index; it never
-//! calls the pipeline. This first cut opens the stores the service will read and reports what it
-//! would serve; the HTTP server itself is the inference-service issue's work (see README).
+//! calls the pipeline. Layout, as in text-embeddings-inference: `http/` is the front, `engine` owns
+//! the model threads, `rag` builds prompts from retrieved chunks, `state` loads what is served.
 
 mod config;
+mod engine;
+mod http;
+mod rag;
+mod reload;
+mod state;
 
-use anyhow::Result;
+use std::sync::{Arc, RwLock};
+
+use anyhow::{Context, Result};
 use clap::Parser;
+use engram_shared::embedding::{Embedder, EmbedderOptions};
 use engram_shared::registry::{AliasKind, INDEX_LIVE, MODEL_PRODUCTION};
-use engram_shared::storage;
+use engram_shared::storage::{self, Storage};
 
 use crate::config::Config;
+use crate::engine::Engine;
+use crate::http::AppState;
+use crate::state::Served;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -21,7 +32,12 @@ async fn main() -> std::process::ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    match check(&config).await {
+    let result = if config.check {
+        check(&config).await
+    } else {
+        serve(&config).await
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -30,7 +46,7 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-/// Opens the registry and the vector index and reports what the service would serve.
+/// `--check`: opens the registry and the vector index and reports what the service would serve.
 async fn check(config: &Config) -> Result<()> {
     let registry = storage::open_registry(&config.storage).await?;
     let vectors = storage::open_vectors(&config.storage).await?;
@@ -47,6 +63,79 @@ async fn check(config: &Config) -> Result<()> {
         (None, Some(v)) => println!("live index: registry names v{v} but the vector index has no alias"),
         (None, None) => println!("live index: none (build one with `feature-pipeline index`)"),
     }
-    println!("would listen on {} once serving lands", config.addr);
+    println!("would listen on {}", config.addr);
     Ok(())
+}
+
+/// Loads what is served; a missing part is reported as not-ready, not as a start-up failure.
+async fn load(config: &Config, storage: &Storage, embedder: &Embedder) -> Served {
+    let model = match state::load_model(storage, config.model.as_ref(), &config.storage.home).await {
+        Ok(Some(model)) => Ok(Arc::new(model)),
+        Ok(None) => Err("no model is promoted: run `feature-pipeline models register models/SmolLM2-135M-Instruct.Q4_1.gguf --promote`".to_string()),
+        Err(err) => Err(format!("{err:#}")),
+    };
+    let index = match state::load_index(storage, embedder).await {
+        Ok(Some(index)) => Ok(Arc::new(index)),
+        Ok(None) => Err("no live index: run `feature-pipeline index`".to_string()),
+        Err(err) => Err(format!("{err:#}")),
+    };
+    Served { model, index }
+}
+
+async fn serve(config: &Config) -> Result<()> {
+    let storage = Storage::open(&config.storage).await?;
+    let dir = config.embedding_model.clone();
+    let embedder = tokio::task::spawn_blocking(move || Embedder::load(&dir, EmbedderOptions::default()))
+        .await?
+        .with_context(|| {
+            format!(
+                "cannot load the embedding model from {}: run scripts/fetch-models.sh or set ENGRAM_EMBEDDING_MODEL",
+                config.embedding_model.display()
+            )
+        })?;
+    let embedder = Arc::new(embedder);
+    let served = load(config, &storage, &embedder).await;
+    if let Err(why) = served.ready() {
+        tracing::warn!("not ready: {why}");
+    }
+    let state = AppState {
+        storage,
+        embedder,
+        engine: Engine::start(config.workers, config.max_queue),
+        served: Arc::new(RwLock::new(Arc::new(served))),
+        top_k: config.top_k,
+        max_completion_tokens: config.max_completion_tokens,
+    };
+    let interval = std::time::Duration::from_secs(config.reload_interval_secs.max(1));
+    tokio::spawn(reload::watch(state.clone(), Arc::new(config.clone()), interval));
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (ENGRAM_ADDR)", config.addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving");
+    println!("listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, http::router(state, config.max_body_bytes))
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C: the server stops accepting and finishes in-flight requests.
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        if let Ok(mut signal) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            signal.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
 }

@@ -5,5 +5,6 @@ pub mod explore;
 pub mod extract;
 pub mod filter;
 pub mod index;
+pub mod models;
 pub mod score;
 pub mod status;

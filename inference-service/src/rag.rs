@@ -1,0 +1,117 @@
+//! Retrieval-augmented prompts: find the chunks a question needs and put them in front of the model.
+//!
+//! The last user message is embedded and searched (hybrid: dense + BM25, fused) in the live index.
+//! The hits become numbered sources in a system message that asks the model to answer from them and
+//! cite them as [1], [2]…; sources are added best first while the prompt still leaves room for the
+//! answer in the model's context window, and the rest are dropped.
+
+use engram_shared::embedding::Embedder;
+use engram_shared::generation::{ChatMessage, Generator, Role};
+use engram_shared::vectors::hybrid::{self, Fusion, HybridQuery};
+use engram_shared::vectors::{ChunkFilter, SearchHit, VectorIndex};
+use serde::Serialize;
+
+/// The instruction given with the sources.
+const INSTRUCTION: &str = "You are engram, a private assistant that answers from the user's own notes and saved \
+pages. Answer the question using the numbered sources below, and cite the sources you use as [1], [2]. If the \
+sources do not contain the answer, say that you could not find it in the notes.";
+
+/// A source as the response lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SourceRef {
+    /// Its number in the prompt, as cited: [1] is index 1.
+    pub index: usize,
+    /// The document's title.
+    pub title: String,
+    /// The document's url.
+    pub url: String,
+    /// The document's id.
+    pub doc_id: String,
+    /// The chunk's point id.
+    pub chunk_id: String,
+    /// Fused retrieval score.
+    pub score: f32,
+}
+
+/// Retrieves the best `top_k` chunks for `question` from `version`.
+pub async fn retrieve(
+    index: &dyn VectorIndex,
+    embedder: &std::sync::Arc<Embedder>,
+    version: u64,
+    question: &str,
+    top_k: usize,
+    filter: ChunkFilter,
+) -> anyhow::Result<Vec<SearchHit>> {
+    let model = embedder.clone();
+    let text = question.to_string();
+    let embeddings = tokio::task::spawn_blocking(move || model.embed(&[text])).await??;
+    let dense = embeddings.vectors.into_iter().next().unwrap_or_default();
+    let query = HybridQuery::new(question, dense, top_k, filter);
+    Ok(hybrid::search(index, version, &query, &Fusion::default()).await?)
+}
+
+fn source_text(number: usize, hit: &SearchHit) -> String {
+    let mut heading = hit.chunk.title.clone();
+    if !hit.chunk.heading_path.is_empty() {
+        heading.push_str(" > ");
+        heading.push_str(&hit.chunk.heading_path.join(" > "));
+    }
+    format!("[{number}] {heading} ({})\n{}\n", hit.chunk.url, hit.chunk.text.trim())
+}
+
+/// The conversation with the sources in a leading system message, within the context budget
+/// (leaving `answer_tokens` free), and the sources that made it in.
+pub fn augment(
+    generator: &Generator,
+    conversation: &[ChatMessage],
+    hits: &[SearchHit],
+    answer_tokens: usize,
+) -> anyhow::Result<(Vec<ChatMessage>, Vec<SourceRef>)> {
+    let client_system: Vec<&str> = conversation
+        .iter()
+        .filter(|m| m.role == Role::System)
+        .map(|m| m.content.as_str())
+        .collect();
+    let rest: Vec<ChatMessage> = conversation
+        .iter()
+        .filter(|m| m.role != Role::System)
+        .cloned()
+        .collect();
+    let budget = generator.context_length().saturating_sub(answer_tokens);
+    let build = |sources: &str| {
+        let mut system = String::from(INSTRUCTION);
+        for extra in &client_system {
+            system.push_str("\n\n");
+            system.push_str(extra);
+        }
+        if !sources.is_empty() {
+            system.push_str("\n\nSources:\n");
+            system.push_str(sources);
+        }
+        let mut messages = vec![ChatMessage::new(Role::System, system)];
+        messages.extend(rest.iter().cloned());
+        messages
+    };
+    let fits = |messages: &[ChatMessage]| -> anyhow::Result<bool> {
+        let prompt = generator.render(messages)?;
+        Ok(generator.encode(&prompt)?.len() < budget)
+    };
+    let mut sources = String::new();
+    let mut used = Vec::new();
+    for hit in hits {
+        let candidate = format!("{sources}{}", source_text(used.len() + 1, hit));
+        if !fits(&build(&candidate))? {
+            break;
+        }
+        sources = candidate;
+        used.push(SourceRef {
+            index: used.len() + 1,
+            title: hit.chunk.title.clone(),
+            url: hit.chunk.url.clone(),
+            doc_id: hit.chunk.doc_id.clone(),
+            chunk_id: hit.id.to_string(),
+            score: hit.score,
+        });
+    }
+    Ok((build(&sources), used))
+}

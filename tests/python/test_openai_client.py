@@ -1,0 +1,175 @@
+"""The official `openai` Python client against engram's chat endpoint.
+
+The real binaries (ENGRAM_BIN_DIR, set by scripts/test.sh) build the sample corpus's index and
+register the base model into a temporary ENGRAM_HOME; the service is started on a free loopback
+port, and the client asks a question about the corpus, whole and streamed.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("ENGRAM_BIN_DIR", ROOT / "target" / "debug"))
+QUESTION = "What k value do we use for reciprocal rank fusion in hybrid search?"
+EXPECTED_TITLE = "Vector search notes"
+
+
+def pipeline(env, *args):
+    result = subprocess.run([str(BIN / "feature-pipeline"), *args], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, f"feature-pipeline {args}: {result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    home = tmp_path_factory.mktemp("engram-home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ENGRAM_", "AWS_"))}
+    env.update({"ENGRAM_HOME": str(home), "ENGRAM_LOG": "warn"})
+    pipeline(env, "extract", "notion", "samples/notion-export")
+    pipeline(env, "filter")
+    pipeline(env, "index")
+    pipeline(env, "models", "register", "models/SmolLM2-135M-Instruct.Q4_1.gguf", "--promote")
+    port = free_port()
+    process = subprocess.Popen(
+        [str(BIN / "inference-service"), "--addr", f"127.0.0.1:{port}", "--reload-interval-secs", "1"],
+        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except Exception:
+            pass
+        assert process.poll() is None, f"the service exited: {process.stderr.read()}"
+        assert time.time() < deadline, "the service did not become ready in 120 s"
+        time.sleep(0.5)
+    yield base, env, home
+    process.terminate()
+    assert process.wait(timeout=60) == 0, "SIGTERM ends the service cleanly"
+
+
+def client(service):
+    base = service[0] if isinstance(service, tuple) else service
+    return openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+def ready(base):
+    with urllib.request.urlopen(f"{base}/readyz", timeout=10) as response:
+        return json.load(response)
+
+
+def test_a_whole_answer_with_usage_and_sources(service):
+    completion = client(service).chat.completions.create(
+        model="engram",
+        messages=[{"role": "user", "content": QUESTION}],
+        max_tokens=32,
+        temperature=0,
+    )
+    assert completion.object == "chat.completion"
+    assert completion.choices[0].message.role == "assistant"
+    assert completion.choices[0].message.content.strip()
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    assert completion.usage.completion_tokens > 0
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    sources = completion.model_extra["sources"]
+    assert sources[0]["title"] == EXPECTED_TITLE, sources
+    assert {"title", "url", "doc_id", "chunk_id", "score"} <= set(sources[0])
+
+
+def test_a_streamed_answer_ends_with_usage(service):
+    stream = client(service).chat.completions.create(
+        model="engram",
+        messages=[{"role": "user", "content": QUESTION}],
+        max_tokens=16,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    first = chunks[0]
+    assert first.object == "chat.completion.chunk"
+    assert first.model_extra["sources"][0]["title"] == EXPECTED_TITLE
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip()
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert any(c.choices and c.choices[0].finish_reason for c in chunks)
+
+
+def test_unsupported_requests_get_openai_errors(service):
+    with pytest.raises(openai.BadRequestError) as error:
+        client(service).chat.completions.create(
+            model="engram", messages=[{"role": "user", "content": "hi"}], n=2
+        )
+    assert error.value.body["param"] == "n"
+
+
+def test_search_returns_the_right_document(service):
+    request = urllib.request.Request(
+        f"{service[0]}/v1/search",
+        data=json.dumps({"query": QUESTION, "top_k": 3}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        results = json.load(response)["results"]
+    assert results[0]["source"]["title"] == EXPECTED_TITLE
+
+
+def test_a_promotion_and_a_rebuild_are_picked_up_without_failed_requests(service, tmp_path):
+    import threading
+
+    base, env, _ = service
+    before = ready(base)
+    failures, answers, stop = [], [], threading.Event()
+
+    def ask():
+        while not stop.is_set():
+            try:
+                completion = client(base).chat.completions.create(
+                    model="engram", messages=[{"role": "user", "content": QUESTION}], max_tokens=4, temperature=0
+                )
+                answers.append(completion.model)
+            except Exception as error:  # every failure counts
+                failures.append(repr(error))
+
+    workers = [threading.Thread(target=ask) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    # A new model file (same weights, one more byte: a different sha256) and a new index version.
+    model = tmp_path / "SmolLM2-135M-Instruct-retrained.gguf"
+    model.write_bytes((ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf").read_bytes() + b"\0")
+    pipeline(env, "models", "register", str(model), "--promote")
+    pipeline(env, "index")
+    deadline = time.time() + 120
+    while True:
+        now = ready(base)
+        if now["model"]["version"] != before["model"]["version"] and now["index"]["version"] != before["index"]["version"]:
+            break
+        assert time.time() < deadline, f"not reloaded: {now}"
+        time.sleep(0.5)
+    stop.set()
+    for worker in workers:
+        worker.join(timeout=300)
+    assert failures == [], failures
+    assert len(answers) >= 2, "requests ran during the swap"
+    after = client(base).chat.completions.create(
+        model="engram", messages=[{"role": "user", "content": QUESTION}], max_tokens=4, temperature=0
+    )
+    assert after.model.endswith("-v2"), after.model
+    assert after.model_extra["sources"][0]["title"] == EXPECTED_TITLE
