@@ -7,6 +7,7 @@
 mod config;
 mod engine;
 mod http;
+mod metrics;
 mod rag;
 mod reload;
 mod state;
@@ -105,6 +106,7 @@ async fn serve(config: &Config) -> Result<()> {
         served: Arc::new(RwLock::new(Arc::new(served))),
         top_k: config.top_k,
         max_completion_tokens: config.max_completion_tokens,
+        metrics: Arc::new(metrics::Metrics::new().context("cannot set up the metrics")?),
     };
     let interval = std::time::Duration::from_secs(config.reload_interval_secs.max(1));
     tokio::spawn(reload::watch(state.clone(), Arc::new(config.clone()), interval));

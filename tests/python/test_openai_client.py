@@ -131,6 +131,24 @@ def test_search_returns_the_right_document(service):
     assert results[0]["source"]["title"] == EXPECTED_TITLE
 
 
+def test_metrics_count_requests_tokens_and_time_to_first_token(service):
+    with urllib.request.urlopen(f"{service[0]}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    lines = text.splitlines()
+
+    def value(prefix):
+        matching = [float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix)]
+        assert matching, f"no {prefix} in /metrics:\n{text}"
+        return sum(matching)
+
+    assert value('engram_http_requests_total{method="POST",route="/v1/chat/completions",status="200"}') >= 2
+    assert value('engram_http_requests_total{method="POST",route="/v1/chat/completions",status="400"}') >= 1
+    assert value("engram_time_to_first_token_seconds_count") >= 2
+    assert value("engram_completion_tokens_total") > 0
+    assert value("engram_model_info{") == 1
+    assert value("engram_index_info{") == 1
+
+
 def test_a_promotion_and_a_rebuild_are_picked_up_without_failed_requests(service, tmp_path):
     import threading
 

@@ -7,7 +7,8 @@
 //! `sources` (in the first chunk when streamed), the documents the answer cites as [1], [2]…
 
 use std::convert::Infallible;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::State;
@@ -23,6 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::AppState;
 use super::error::ApiError;
 use crate::engine::{Event, Job, Refused};
+use crate::metrics::Metrics;
 use crate::rag::{self, SourceRef};
 
 /// Longest a request may take, queue wait included.
@@ -234,6 +236,7 @@ pub async fn completions(
     State(state): State<AppState>,
     Json(request): Json<ChatRequest>,
 ) -> Result<Response, ApiError> {
+    let started = Instant::now();
     tracing::info!(model = ?request.model, user = ?request.user, stream = request.stream, "chat completion");
     let (conversation, params) = validate(&request, state.max_completion_tokens)?;
     let served = state.snapshot();
@@ -292,12 +295,46 @@ pub async fn completions(
         .as_ref()
         .and_then(|o| o["include_usage"].as_bool())
         == Some(true);
+    let watch = Watch {
+        metrics: state.metrics.clone(),
+        started,
+        stream: request.stream,
+        first: false,
+    };
     if request.stream {
-        Ok(stream(id, model.id.clone(), sources, events, include_usage).into_response())
+        Ok(stream(id, model.id.clone(), sources, events, include_usage, watch).into_response())
     } else {
-        whole(id, &model.id, sources, events)
+        whole(id, &model.id, sources, events, watch)
             .await
             .map(IntoResponse::into_response)
+    }
+}
+
+/// Records a generation's time to first token and token counts.
+struct Watch {
+    metrics: Arc<Metrics>,
+    started: Instant,
+    stream: bool,
+    first: bool,
+}
+
+impl Watch {
+    fn text(&mut self) {
+        if !self.first {
+            self.first = true;
+            let label = if self.stream { "true" } else { "false" };
+            self.metrics
+                .time_to_first_token
+                .with_label_values(&[label])
+                .observe(self.started.elapsed().as_secs_f64());
+        }
+    }
+
+    fn done(&self, completion: &Completion) {
+        self.metrics.prompt_tokens.inc_by(completion.usage.prompt_tokens as u64);
+        self.metrics
+            .completion_tokens
+            .inc_by(completion.usage.completion_tokens as u64);
     }
 }
 
@@ -306,12 +343,16 @@ async fn whole(
     model: &str,
     sources: Vec<SourceRef>,
     mut events: mpsc::Receiver<Event>,
+    mut watch: Watch,
 ) -> Result<Json<Value>, ApiError> {
     let completion = tokio::time::timeout(REQUEST_TIMEOUT, async {
         while let Some(event) = events.recv().await {
             match event {
-                Event::Text(_) => {}
-                Event::Done(completion) => return Ok(completion),
+                Event::Text(_) => watch.text(),
+                Event::Done(completion) => {
+                    watch.done(&completion);
+                    return Ok(completion);
+                }
                 Event::Failed(why) => return Err(ApiError::invalid("messages", why)),
             }
         }
@@ -341,6 +382,7 @@ fn stream(
     sources: Vec<SourceRef>,
     mut events: mpsc::Receiver<Event>,
     include_usage: bool,
+    mut watch: Watch,
 ) -> impl IntoResponse {
     let (out, lines) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
     let created = now();
@@ -361,6 +403,7 @@ fn stream(
             while let Some(event) = events.recv().await {
                 match event {
                     Event::Text(text) => {
+                        watch.text();
                         if out
                             .send(Ok(send(chunk(json!({ "content": text }), None))))
                             .await
@@ -369,7 +412,10 @@ fn stream(
                             return None; // the client left: dropping `events` stops the model
                         }
                     }
-                    Event::Done(completion) => return Some(Ok(completion)),
+                    Event::Done(completion) => {
+                        watch.done(&completion);
+                        return Some(Ok(completion));
+                    }
                     Event::Failed(why) => return Some(Err(why)),
                 }
             }

@@ -15,6 +15,7 @@ use engram_shared::embedding::Embedder;
 use engram_shared::storage::Storage;
 
 use crate::engine::Engine;
+use crate::metrics::{self, Metrics};
 use crate::state::Served;
 
 /// What every handler shares.
@@ -32,6 +33,8 @@ pub struct AppState {
     pub top_k: usize,
     /// Cap on completion tokens.
     pub max_completion_tokens: usize,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -52,6 +55,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/models", get(health::models))
         .route("/v1/search", post(search::search))
         .route("/v1/chat/completions", post(chat::completions))
+        .route("/metrics", get(metrics::scrape))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }

@@ -1,0 +1,140 @@
+//! Prometheus metrics, named by its conventions (`engram_` prefix, base units, `_total` counters).
+//!
+//! Request counts and durations are recorded by a middleware around every route; the chat handler
+//! adds time to first token and token counts; queue depth and what is served (model and index
+//! versions, as info gauges) are read at scrape time, so they are never stale.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::http::AppState;
+
+/// The service's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    /// Seconds from a chat request's arrival to its first generated text.
+    pub time_to_first_token: HistogramVec,
+    /// Prompt tokens processed.
+    pub prompt_tokens: IntCounter,
+    /// Completion tokens generated.
+    pub completion_tokens: IntCounter,
+    queue_depth: IntGauge,
+    model_info: IntGaugeVec,
+    index_info: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "engram_http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new("engram_http_request_duration_seconds", "HTTP request duration by route").buckets(vec![
+                0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+            ]),
+            &["route"],
+        )?;
+        let time_to_first_token = HistogramVec::new(
+            HistogramOpts::new(
+                "engram_time_to_first_token_seconds",
+                "Time from request to first generated text",
+            )
+            .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]),
+            &["stream"],
+        )?;
+        let prompt_tokens = IntCounter::new("engram_prompt_tokens_total", "Prompt tokens processed")?;
+        let completion_tokens = IntCounter::new("engram_completion_tokens_total", "Completion tokens generated")?;
+        let queue_depth = IntGauge::new("engram_queue_depth", "Generations waiting for a model thread")?;
+        let model_info = IntGaugeVec::new(
+            Opts::new("engram_model_info", "The model served (1 for the loaded one)"),
+            &["model", "version"],
+        )?;
+        let index_info = IntGaugeVec::new(
+            Opts::new("engram_index_info", "The index version served (1 for the loaded one)"),
+            &["version", "embedding_model"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(time_to_first_token.clone()))?;
+        registry.register(Box::new(prompt_tokens.clone()))?;
+        registry.register(Box::new(completion_tokens.clone()))?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(model_info.clone()))?;
+        registry.register(Box::new(index_info.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            duration,
+            time_to_first_token,
+            prompt_tokens,
+            completion_tokens,
+            queue_depth,
+            model_info,
+            index_info,
+        })
+    }
+}
+
+/// Middleware: counts and times every request by its route template.
+pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let metrics = &state.metrics;
+    metrics
+        .requests
+        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
+        .inc();
+    metrics
+        .duration
+        .with_label_values(&[route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// `GET /metrics`: the text exposition format.
+pub async fn scrape(State(state): State<AppState>) -> Response {
+    let metrics = &state.metrics;
+    metrics.queue_depth.set(state.engine.queue_depth() as i64);
+    let served = state.snapshot();
+    metrics.model_info.reset();
+    if let Ok(model) = &served.model {
+        let version = model.version.map_or("file".to_string(), |v| v.to_string());
+        metrics
+            .model_info
+            .with_label_values(&[model.id.as_str(), version.as_str()])
+            .set(1);
+    }
+    metrics.index_info.reset();
+    if let Ok(index) = &served.index {
+        let version = index.version.to_string();
+        metrics
+            .index_info
+            .with_label_values(&[version.as_str(), index.manifest.embedding_model.as_str()])
+            .set(1);
+    }
+    let mut body = Vec::new();
+    if let Err(err) = TextEncoder::new().encode(&metrics.registry.gather(), &mut body) {
+        tracing::error!("cannot encode metrics: {err}");
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
