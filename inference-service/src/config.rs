@@ -50,6 +50,15 @@ pub struct Config {
     #[arg(long, env = "ENGRAM_RELOAD_INTERVAL_SECS", default_value_t = 10)]
     pub reload_interval_secs: u64,
 
+    /// A file of API keys, one per line (or `sha256:<hex>` of a key, to keep keys out of the file);
+    /// when set, every `/v1` route needs `Authorization: Bearer <key>`.
+    #[arg(long, env = "ENGRAM_API_KEYS")]
+    pub api_keys: Option<PathBuf>,
+
+    /// Origins allowed to call the API from a browser, comma-separated (`*` for any); none by default.
+    #[arg(long, env = "ENGRAM_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
     /// Open the stores, print what would be served, and exit (a configuration check).
     #[arg(long)]
     pub check: bool,

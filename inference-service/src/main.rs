@@ -84,6 +84,12 @@ async fn load(config: &Config, storage: &Storage, embedder: &Embedder) -> Served
 }
 
 async fn serve(config: &Config) -> Result<()> {
+    // Settings that can be wrong are checked before anything slow is loaded.
+    let keys = match &config.api_keys {
+        Some(path) => Some(Arc::new(http::auth::ApiKeys::load(path)?)),
+        None => None,
+    };
+    let cors = http::cors(&config.cors_origins)?;
     let storage = Storage::open(&config.storage).await?;
     let dir = config.embedding_model.clone();
     let embedder = tokio::task::spawn_blocking(move || Embedder::load(&dir, EmbedderOptions::default()))
@@ -115,7 +121,7 @@ async fn serve(config: &Config) -> Result<()> {
         .with_context(|| format!("cannot listen on {} (ENGRAM_ADDR)", config.addr))?;
     tracing::info!(addr = %listener.local_addr()?, "serving");
     println!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, http::router(state, config.max_body_bytes))
+    axum::serve(listener, http::router(state, keys, cors, config.max_body_bytes))
         .with_graceful_shutdown(shutdown())
         .await?;
     tracing::info!("stopped");

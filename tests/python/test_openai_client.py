@@ -149,6 +149,39 @@ def test_metrics_count_requests_tokens_and_time_to_first_token(service):
     assert value("engram_index_info{") == 1
 
 
+def test_api_keys_guard_the_v1_routes_and_the_page_is_served(service, tmp_path):
+    _, env, _ = service
+    keys = tmp_path / "keys"
+    keys.write_text("# one key per line\nsecret-one\n")
+    port = free_port()
+    process = subprocess.Popen(
+        [str(BIN / "inference-service"), "--addr", f"127.0.0.1:{port}", "--api-keys", str(keys)],
+        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/healthz", timeout=2)
+                break
+            except Exception:
+                assert process.poll() is None, process.stderr.read()
+                assert time.time() < deadline
+                time.sleep(0.3)
+        with pytest.raises(openai.AuthenticationError) as error:
+            openai.OpenAI(base_url=f"{base}/v1", api_key="wrong", max_retries=0).models.list()
+        assert "API key" in error.value.body["message"]
+        models = openai.OpenAI(base_url=f"{base}/v1", api_key="secret-one", max_retries=0).models.list()
+        assert len(models.data) == 1
+        with urllib.request.urlopen(f"{base}/", timeout=10) as response:
+            page = response.read().decode()
+        assert "/v1/chat/completions" in page and "<title>engram</title>" in page
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
 def test_a_promotion_and_a_rebuild_are_picked_up_without_failed_requests(service, tmp_path):
     import threading
 

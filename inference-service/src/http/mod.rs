@@ -1,6 +1,7 @@
 //! The HTTP front: one module per route group, one state, one error type. The handlers never touch
 //! a tensor: they retrieve, build the prompt, and hand the generation to the engine.
 
+pub mod auth;
 pub mod chat;
 pub mod error;
 pub mod health;
@@ -13,6 +14,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use engram_shared::embedding::Embedder;
 use engram_shared::storage::Storage;
+use tower_http::cors::CorsLayer;
 
 use crate::engine::Engine;
 use crate::metrics::{self, Metrics};
@@ -47,16 +49,47 @@ impl AppState {
     }
 }
 
-/// The service's routes.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+/// The chat page: plain HTML and JavaScript, no build step.
+async fn ui() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("ui/index.html"))
+}
+
+/// The service's routes. `/v1` needs an API key when keys are configured; health, metrics and the
+/// page do not (the page asks for a key and sends it with its API calls).
+pub fn router(state: AppState, keys: Option<Arc<auth::ApiKeys>>, cors: CorsLayer, max_body_bytes: usize) -> Router {
+    let v1 = Router::new()
         .route("/v1/models", get(health::models))
         .route("/v1/search", post(search::search))
         .route("/v1/chat/completions", post(chat::completions))
+        .route_layer(axum::middleware::from_fn_with_state(keys, auth::require));
+    Router::new()
+        .route("/", get(ui))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::scrape))
+        .merge(v1)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(cors)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
+}
+
+/// CORS for the given origins (`*` for any; none: same-origin only).
+pub fn cors(origins: &[String]) -> anyhow::Result<CorsLayer> {
+    use axum::http::{HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, Any};
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
+    let origins: Vec<&String> = origins.iter().filter(|o| !o.trim().is_empty()).collect();
+    if origins.iter().any(|o| o.trim() == "*") {
+        return Ok(layer.allow_origin(Any));
+    }
+    let values = origins
+        .iter()
+        .map(|o| {
+            HeaderValue::from_str(o.trim()).map_err(|_| anyhow::anyhow!("ENGRAM_CORS_ORIGINS: {o:?} is not an origin"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(layer.allow_origin(AllowOrigin::list(values)))
 }
