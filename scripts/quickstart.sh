@@ -12,9 +12,16 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${ENGRAM_CACHE_DIR:-$HOME/.cache/en
 echo "==> models"
 ./scripts/fetch-models.sh
 
-echo "==> build (release)"
-cargo build --release --workspace --bins
-bin="$CARGO_TARGET_DIR/release"
+# ENGRAM_PROFILE=dev builds faster and runs slower (models still run optimised).
+profile="${ENGRAM_PROFILE:-release}"
+echo "==> build ($profile)"
+if [[ "$profile" == "release" ]]; then
+  cargo build --release --workspace --bins
+  bin="$CARGO_TARGET_DIR/release"
+else
+  cargo build --workspace --bins
+  bin="$CARGO_TARGET_DIR/debug"
+fi
 
 echo "==> storage (embedded defaults under $ENGRAM_HOME)"
 "$bin/feature-pipeline" status

@@ -188,7 +188,8 @@ fn validate(
             "the last message must be the user's question",
         ));
     }
-    let temperature = request.temperature.unwrap_or(0.7);
+    // Answers from sources want little randomness; a client that wants more says so.
+    let temperature = request.temperature.unwrap_or(0.2);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::invalid("temperature", "temperature is between 0 and 2"));
     }
