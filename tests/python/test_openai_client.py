@@ -183,23 +183,33 @@ def test_api_keys_guard_the_v1_routes_and_the_page_is_served(service, tmp_path):
 
 
 def test_a_promotion_and_a_rebuild_are_picked_up_without_failed_requests(service, tmp_path):
+    """Load test, bounded and loopback only: 8 clients stream answers while a new model is promoted
+    and the index is rebuilt; no request may fail. Prints time-to-first-token percentiles."""
     import threading
 
     base, env, _ = service
     before = ready(base)
-    failures, answers, stop = [], [], threading.Event()
+    failures, answers, first_token, stop = [], [], [], threading.Event()
 
     def ask():
         while not stop.is_set():
             try:
-                completion = client(base).chat.completions.create(
-                    model="engram", messages=[{"role": "user", "content": QUESTION}], max_tokens=4, temperature=0
+                started = time.monotonic()
+                stream = client(base).chat.completions.create(
+                    model="engram", messages=[{"role": "user", "content": QUESTION}], max_tokens=4,
+                    temperature=0, stream=True,
                 )
-                answers.append(completion.model)
+                model, seen_text = None, False
+                for chunk in stream:
+                    model = chunk.model
+                    if not seen_text and chunk.choices and chunk.choices[0].delta.content:
+                        seen_text = True
+                        first_token.append(time.monotonic() - started)
+                answers.append(model)
             except Exception as error:  # every failure counts
                 failures.append(repr(error))
 
-    workers = [threading.Thread(target=ask) for _ in range(2)]
+    workers = [threading.Thread(target=ask) for _ in range(8)]
     for worker in workers:
         worker.start()
     # A new model file (same weights, one more byte: a different sha256) and a new index version.
@@ -218,7 +228,11 @@ def test_a_promotion_and_a_rebuild_are_picked_up_without_failed_requests(service
     for worker in workers:
         worker.join(timeout=300)
     assert failures == [], failures
-    assert len(answers) >= 2, "requests ran during the swap"
+    assert len(answers) >= 8, "requests ran during the swap"
+    ordered = sorted(first_token)
+    p50 = ordered[len(ordered) // 2]
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    print(f"\nload: 8 clients, {len(answers)} streamed answers, 0 errors; time to first token p50 {p50:.2f} s, p99 {p99:.2f} s")
     after = client(base).chat.completions.create(
         model="engram", messages=[{"role": "user", "content": QUESTION}], max_tokens=4, temperature=0
     )
