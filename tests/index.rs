@@ -58,32 +58,24 @@ async fn corpus(stores: &Stores) {
 }
 
 async fn eval(stores: &Stores, model: &str) -> Value {
-    let out = stores
-        .ok(&[
-            "eval",
-            "retrieval",
-            "--questions",
-            &questions(),
-            "--embedding-model",
-            model,
-            "--json",
-        ])
-        .await;
+    let (ok, out, err) = try_eval(stores, model, &["--json"]).await;
+    assert!(ok, "eval retrieval failed:\n{out}\n{err}");
     serde_json::from_str(&out).expect("eval --json")
 }
 
 /// `eval retrieval` that may fail: (success, stdout, stderr).
-async fn try_eval(stores: &Stores, model: &str) -> (bool, String, String) {
-    stores
-        .pipeline(&[
-            "eval",
-            "retrieval",
-            "--questions",
-            &questions(),
-            "--embedding-model",
-            model,
-        ])
-        .await
+async fn try_eval(stores: &Stores, model: &str, extra: &[&str]) -> (bool, String, String) {
+    let questions = questions();
+    let mut args = vec![
+        "eval",
+        "retrieval",
+        "--questions",
+        &questions,
+        "--embedding-model",
+        model,
+    ];
+    args.extend_from_slice(extra);
+    stores.pipeline(&args).await
 }
 
 async fn indexes(stores: &Stores) -> Value {
@@ -103,7 +95,7 @@ fn number(out: &str, label: &str) -> u64 {
 async fn index_the_sample_corpus(stores: Stores) {
     let model = model_dir().display().to_string();
     corpus(&stores).await;
-    let (ok, _, err) = try_eval(&stores, &model).await;
+    let (ok, _, err) = try_eval(&stores, &model, &[]).await;
     assert!(
         !ok && err.contains("feature-pipeline index"),
         "no index yet is named:\n{err}"
@@ -198,7 +190,7 @@ async fn index_the_sample_corpus(stores: Stores) {
     let other = tempfile::tempdir().unwrap();
     let other_model = other.path().join("other-embedder");
     copy_dir(&model_dir(), &other_model);
-    let (ok, _, err) = try_eval(&stores, &other_model.display().to_string()).await;
+    let (ok, _, err) = try_eval(&stores, &other_model.display().to_string(), &[]).await;
     assert!(!ok, "a different embedding model must be refused");
     assert!(
         err.contains("all-MiniLM-L6-v2") && err.contains("other-embedder"),

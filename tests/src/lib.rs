@@ -50,9 +50,9 @@ pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// The value of `variable`, or `None` after printing why the tests for `backend` are skipped.
-/// Panics instead when `ENGRAM_REQUIRE_BACKENDS` lists `backend` (`scripts/test.sh` sets it for
-/// the servers it started).
+/// The value of `variable`, or `None` after printing (and reporting, see [`report`]) why the tests
+/// for `backend` are skipped. Panics instead when `ENGRAM_REQUIRE_BACKENDS` lists `backend`
+/// (`scripts/test.sh` sets it for the servers it started).
 pub fn backend_url(backend: &str, variable: &str) -> Option<String> {
     match std::env::var(variable) {
         Ok(value) if !value.is_empty() => Some(value),
@@ -61,10 +61,22 @@ pub fn backend_url(backend: &str, variable: &str) -> Option<String> {
             if required.split(',').any(|b| b.trim() == backend) {
                 panic!("{backend} is required (ENGRAM_REQUIRE_BACKENDS) but {variable} is not set");
             }
-            eprintln!(
-                "SKIPPED: end-to-end tests on {backend}: {variable} is not set, so no {backend} server is known to this run"
-            );
+            report(&format!(
+                "SKIPPED: {backend} tests: {variable} is not set, so no {backend} server is known to this run"
+            ));
             None
+        }
+    }
+}
+
+/// Prints `line` and appends it to the file named by `ENGRAM_TEST_REPORT`, which `scripts/test.sh`
+/// shows at the end so a run says which suites ran against which backend and which were skipped.
+pub fn report(line: &str) {
+    eprintln!("{line}");
+    if let Ok(path) = std::env::var("ENGRAM_TEST_REPORT") {
+        use std::io::Write;
+        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(file, "{line}");
         }
     }
 }

@@ -8,37 +8,7 @@
 
 use std::process::{Child, Command, Stdio};
 
-/// The value of `variable`, or `None` after printing why the suite for `backend` is skipped.
-/// Panics instead when `ENGRAM_REQUIRE_BACKENDS` lists `backend`.
-pub fn backend_url(backend: &str, variable: &str) -> Option<String> {
-    match std::env::var(variable) {
-        Ok(value) if !value.is_empty() => Some(value),
-        _ => {
-            let required = std::env::var("ENGRAM_REQUIRE_BACKENDS").unwrap_or_default();
-            if required.split(',').any(|b| b.trim() == backend) {
-                panic!("{backend} is required (ENGRAM_REQUIRE_BACKENDS) but {variable} is not set");
-            }
-            let line = format!(
-                "SKIPPED: {backend} contract suite: {variable} is not set, so no {backend} server is known to this run"
-            );
-            eprintln!("{line}");
-            report(&line);
-            None
-        }
-    }
-}
-
-/// Prints `line` and appends it to the file named by `ENGRAM_TEST_REPORT`, which `scripts/test.sh`
-/// shows at the end so a run says which suites ran against which backend and which were skipped.
-pub fn report(line: &str) {
-    println!("{line}");
-    if let Ok(path) = std::env::var("ENGRAM_TEST_REPORT") {
-        use std::io::Write;
-        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-            let _ = writeln!(file, "{line}");
-        }
-    }
-}
+pub use engram_tests::{backend_url, report};
 
 /// Environment variable that turns a test binary into a helper child process.
 pub const CHILD_ROLE: &str = "ENGRAM_TEST_CHILD_ROLE";
