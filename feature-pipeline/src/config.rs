@@ -51,6 +51,229 @@ pub enum Command {
     /// Model versions in the registry: register a model file, promote it to production.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Build the summarization dataset from the filtered documents: distil summaries with the
+    /// teacher, check their quality, split by document, publish a dataset version.
+    Dataset(Box<DatasetArgs>),
+    /// List dataset versions with their lineage, or export one as a plain directory.
+    Datasets(DatasetsArgs),
+    /// Run every configured stage in order as one recorded run; unchanged steps are skipped.
+    Run(RunArgs),
+    /// List pipeline runs with their steps, status and durations.
+    Runs(RunsArgs),
+}
+
+/// Which teacher writes the summaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeacherKind {
+    /// The local SLM, in-process (offline; weak).
+    Local,
+    /// An OpenAI-compatible chat endpoint (ENGRAM_TEACHER_URL).
+    Openai,
+}
+
+/// The teacher LLM.
+#[derive(Debug, Clone, Args)]
+pub struct TeacherArgs {
+    /// Which teacher: `openai` when ENGRAM_TEACHER_URL is set, else `local`.
+    #[arg(long, env = "ENGRAM_TEACHER")]
+    pub teacher: Option<TeacherKind>,
+
+    /// The OpenAI-compatible API base, e.g. https://api.openai.com/v1 or http://127.0.0.1:8080/v1.
+    #[arg(long, env = "ENGRAM_TEACHER_URL")]
+    pub teacher_url: Option<String>,
+
+    /// The model the endpoint should use.
+    #[arg(long, env = "ENGRAM_TEACHER_MODEL", default_value = "gpt-4o-mini")]
+    pub teacher_model: String,
+
+    /// The endpoint's API key (sent as a bearer token; never logged).
+    #[arg(long, env = "ENGRAM_TEACHER_API_KEY", hide_env_values = true)]
+    pub teacher_api_key: Option<String>,
+
+    /// JSON object merged into every request body (endpoint-specific options), e.g.
+    /// `{"retrieval": {"enabled": false}}` for engram's own inference-service.
+    #[arg(long, env = "ENGRAM_TEACHER_EXTRA_BODY")]
+    pub teacher_extra_body: Option<String>,
+
+    /// Calls in flight at once to the endpoint (default 4), or local generations at once (default 1).
+    #[arg(long, env = "ENGRAM_TEACHER_CONCURRENCY")]
+    pub teacher_concurrency: Option<usize>,
+
+    /// Retries of a failed call (429, 5xx, timeouts), with exponential backoff and jitter.
+    #[arg(long, env = "ENGRAM_TEACHER_RETRIES", default_value_t = 5)]
+    pub teacher_retries: u32,
+
+    /// Seconds one call may take.
+    #[arg(long, env = "ENGRAM_TEACHER_TIMEOUT_SECS", default_value_t = 120)]
+    pub teacher_timeout_secs: u64,
+
+    /// First retry wait in milliseconds (doubled per retry).
+    #[arg(long, env = "ENGRAM_TEACHER_BACKOFF_MS", default_value_t = 1000)]
+    pub teacher_backoff_ms: u64,
+
+    /// The local teacher's GGUF file.
+    #[arg(
+        long,
+        env = "ENGRAM_TEACHER_MODEL_PATH",
+        default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    )]
+    pub teacher_model_path: PathBuf,
+
+    /// How the local teacher holds its weights: q8_0 (default: 3x faster decoding than f32; its
+    /// answers differ slightly from the stored weights', which a teacher can afford), f32, f16,
+    /// q4_0 or as-stored.
+    #[arg(long, env = "ENGRAM_TEACHER_WEIGHTS", default_value = "q8_0")]
+    pub teacher_weights: engram_shared::generation::WeightFormat,
+
+    /// USD per million prompt tokens, for the run's cost estimate.
+    #[arg(long, env = "ENGRAM_TEACHER_PRICE_PROMPT", default_value_t = 0.0)]
+    pub teacher_price_prompt: f64,
+
+    /// USD per million completion tokens.
+    #[arg(long, env = "ENGRAM_TEACHER_PRICE_COMPLETION", default_value_t = 0.0)]
+    pub teacher_price_completion: f64,
+}
+
+/// Options of `dataset`.
+#[derive(Debug, Clone, Args)]
+pub struct DatasetArgs {
+    /// The teacher.
+    #[command(flatten)]
+    pub teacher: TeacherArgs,
+
+    /// The embedding model (faithfulness checks).
+    #[command(flatten)]
+    pub embedding: EmbeddingArgs,
+
+    /// Summaries per document.
+    #[arg(long, env = "ENGRAM_DATASET_SUMMARIES", default_value_t = 4)]
+    pub summaries: usize,
+
+    /// Lowest sampling temperature (summaries spread evenly up to --temperature-max).
+    #[arg(long, default_value_t = 0.3)]
+    pub temperature_min: f64,
+
+    /// Highest sampling temperature.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature_max: f64,
+
+    /// Character budget of a summary (asked for in the prompt, enforced by the quality step).
+    #[arg(long, env = "ENGRAM_DATASET_BUDGET_CHARS", default_value_t = 800)]
+    pub budget_chars: usize,
+
+    /// Most tokens the teacher may write per summary.
+    #[arg(long, env = "ENGRAM_DATASET_MAX_TOKENS", default_value_t = 256)]
+    pub max_tokens: usize,
+
+    /// Document text beyond this many characters is cut before it goes to the teacher.
+    #[arg(long, default_value_t = 4000)]
+    pub max_document_chars: usize,
+
+    /// Documents distilled at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+
+    /// Largest share of a summary's word 8-grams found verbatim in its document.
+    #[arg(long, default_value_t = 0.7)]
+    pub max_copied: f64,
+
+    /// Smallest cosine similarity between a summary's and its document's embeddings. With
+    /// all-MiniLM-L6-v2 on the sample notes, the local teacher's on-topic (if partial) summaries
+    /// score 0.45 to 0.6 and its off-topic inventions 0.04 to 0.25.
+    #[arg(long, default_value_t = 0.45)]
+    pub min_faithfulness: f32,
+
+    /// Largest word-3-gram Jaccard similarity between two kept summaries of one document.
+    #[arg(long, default_value_t = 0.85)]
+    pub max_sibling_similarity: f64,
+
+    /// Also ask the teacher to score each summary from 1 to 5, dropping those under --judge-min.
+    #[arg(long)]
+    pub judge: bool,
+
+    /// Lowest judge score kept.
+    #[arg(long, default_value_t = 3)]
+    pub judge_min: u8,
+
+    /// Share of documents in the validation split.
+    #[arg(long, default_value_t = 0.1)]
+    pub validation: f64,
+
+    /// Share of documents in the test split.
+    #[arg(long, default_value_t = 0.1)]
+    pub test: f64,
+
+    /// Seed of the sampling seeds and of the split.
+    #[arg(long, env = "ENGRAM_DATASET_SEED", default_value_t = 42)]
+    pub seed: u64,
+
+    /// Also upload the version to this Hugging Face Hub dataset repo (`user/name`; needs
+    /// ENGRAM_HF_TOKEN).
+    #[arg(long)]
+    pub push_hub: Option<String>,
+
+    /// The Hub's API address.
+    #[arg(long, env = "ENGRAM_HF_ENDPOINT", default_value = "https://huggingface.co")]
+    pub hub_endpoint: String,
+
+    /// A Hub token with write access (never logged).
+    #[arg(long, env = "ENGRAM_HF_TOKEN", hide_env_values = true)]
+    pub hub_token: Option<String>,
+
+    /// Run every step even when an identical one succeeded before.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+/// Options of `datasets`.
+#[derive(Debug, Args)]
+pub struct DatasetsArgs {
+    /// Export instead of listing.
+    #[command(subcommand)]
+    pub command: Option<DatasetsCommand>,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `datasets` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DatasetsCommand {
+    /// Write a dataset version out of the artifact store as a plain directory
+    /// (`datasets.load_dataset(DIR)` reads it).
+    Export {
+        /// A version number, or `latest`.
+        version: String,
+        /// A new or empty directory.
+        dir: PathBuf,
+    },
+}
+
+/// Options of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The stages and their settings (see deploy/pipeline.toml); without it: filter, dataset and
+    /// index over what is stored.
+    #[arg(long, env = "ENGRAM_PIPELINE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Run every step even when an identical one succeeded before.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+/// Options of `runs`.
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// How many runs, newest first.
+    #[arg(long, default_value_t = 20)]
+    pub limit: i64,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The model commands.
@@ -113,6 +336,20 @@ pub struct IndexArgs {
     /// With --rollback: the version to make live.
     #[arg(long, requires = "rollback")]
     pub to: Option<i64>,
+
+    /// Embed only shard i of N (documents by id hash) and store the vectors; build nothing. One
+    /// pod of an Indexed Job each; then `--merge-shards N` once.
+    #[arg(long, env = "ENGRAM_INDEX_SHARD", conflicts_with_all = ["rollback", "merge_shards"])]
+    pub shard: Option<crate::steps::shard::Shard>,
+
+    /// Build the version from the vectors of N shards (`--shard i/N`), waiting for them up to
+    /// --wait-secs; the alias moves once.
+    #[arg(long, conflicts_with = "rollback")]
+    pub merge_shards: Option<usize>,
+
+    /// With --merge-shards: how long to wait for unfinished shards.
+    #[arg(long, default_value_t = 0, requires = "merge_shards")]
+    pub wait_secs: u64,
 }
 
 /// Options of `indexes`.

@@ -6,10 +6,13 @@
 
 mod commands;
 mod config;
+mod hub;
 mod pipeline;
 mod progress;
 mod report;
+mod retry;
 mod steps;
+mod teacher;
 
 use clap::Parser;
 
@@ -29,6 +32,10 @@ async fn main() -> std::process::ExitCode {
         Command::Indexes(args) => commands::index::list(&config.storage, args).await,
         Command::Eval(command) => commands::eval::run(&config.storage, command).await,
         Command::Models(command) => commands::models::run(&config.storage, command).await,
+        Command::Dataset(args) => commands::dataset::run(&config.storage, args).await,
+        Command::Datasets(args) => commands::dataset::datasets(&config.storage, args).await,
+        Command::Run(args) => commands::run::run(&config.storage, args).await,
+        Command::Runs(args) => commands::runs::run(&config.storage, args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -4,13 +4,61 @@
 //! keeps each step's config and input hashes, its output (an artifact hash) and its counts, so a
 //! later stage can find what an earlier one produced (`Registry::latest_step`) and a person can see
 //! what happened. A step is recorded as succeeded only after its output is durably stored.
+//!
+//! The step cache: a step whose name, code version, config hash and input hash match a recorded
+//! success is not run again ([`Run::cached`]); the earlier output is reused and the skip is recorded
+//! in this run too, so `feature-pipeline runs` shows it.
 
+use engram_shared::artifacts::ArtifactStore;
 use engram_shared::hashing::sha256_hex;
-use engram_shared::registry::{Registry, RunStatus, StepKey};
+use engram_shared::registry::{Registry, RunStatus, StepKey, StepRecord};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-/// The version of the pipeline's code, recorded with every run and step.
+/// The version of the pipeline's code, recorded with every run.
 pub const CODE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The source files whose code decides a step's output, compiled in: a step's code version is the
+/// crate version plus a hash of these, so editing a step invalidates its cache entries (and only
+/// its own) without a version bump.
+fn step_sources(name: &str) -> &'static [&'static str] {
+    match name {
+        "distil" => &[
+            include_str!("steps/distil.rs"),
+            include_str!("teacher/mod.rs"),
+            include_str!("../prompts/summarize-v1.md"),
+        ],
+        "quality" => &[include_str!("steps/quality.rs")],
+        "split" => &[include_str!("steps/split.rs")],
+        "publish" => &[include_str!("steps/publish.rs")],
+        "filter" => &[include_str!("steps/filter.rs"), include_str!("steps/dedup.rs")],
+        "explore" => &[include_str!("steps/explore.rs"), include_str!("report.rs")],
+        "index" | "index-shard" => &[
+            include_str!("steps/index.rs"),
+            include_str!("steps/chunk.rs"),
+            include_str!("steps/shard.rs"),
+        ],
+        name if name.starts_with("extract") => &[
+            include_str!("steps/extract/mod.rs"),
+            include_str!("steps/extract/notion_export.rs"),
+            include_str!("steps/extract/files.rs"),
+            include_str!("steps/extract/markdown.rs"),
+            include_str!("steps/extract/html.rs"),
+            include_str!("steps/score.rs"),
+        ],
+        _ => &[],
+    }
+}
+
+/// The code version of step `name`: `<crate version>+<hash of its sources>`.
+pub fn step_code_version(name: &str) -> String {
+    let sources = step_sources(name);
+    if sources.is_empty() {
+        return CODE_VERSION.to_string();
+    }
+    let digest = sha256_hex(sources.concat());
+    format!("{CODE_VERSION}+{}", &digest[..12])
+}
 
 /// One pipeline run in progress.
 pub struct Run<'a> {
@@ -28,17 +76,61 @@ impl<'a> Run<'a> {
         Ok(Self { registry, id: run.id })
     }
 
-    /// Records the start of step `name` with its config and a hash of what it reads.
-    pub async fn start_step(&self, name: &str, config: &impl Serialize, input_hash: &str) -> anyhow::Result<()> {
+    /// The cache key of step `name` with `config` over input `input_hash`.
+    pub fn key(name: &str, config: &impl Serialize, input_hash: &str) -> anyhow::Result<StepKey> {
         let config_text = serde_json::to_string(config)?;
-        let key = StepKey {
+        Ok(StepKey {
             name: name.to_string(),
-            code_version: CODE_VERSION.to_string(),
+            code_version: step_code_version(name),
             config_hash: sha256_hex(&config_text),
             input_hash: input_hash.to_string(),
-        };
+        })
+    }
+
+    /// Records the start of step `name` with its config and a hash of what it reads.
+    pub async fn start_step(&self, name: &str, config: &impl Serialize, input_hash: &str) -> anyhow::Result<()> {
+        let key = Self::key(name, config, input_hash)?;
         self.registry.start_step(&self.id, &key).await?;
         Ok(())
+    }
+
+    /// The step cache: when `use_cache` is set and a success with the same key is recorded, the
+    /// skip is recorded in this run (same output, `cached_from` in its detail), said on stderr, and
+    /// the earlier record returned; otherwise `None`, and the caller runs the step.
+    pub async fn cached(
+        &self,
+        name: &str,
+        config: &impl Serialize,
+        input_hash: &str,
+        use_cache: bool,
+    ) -> anyhow::Result<Option<StepRecord>> {
+        if !use_cache {
+            return Ok(None);
+        }
+        let key = Self::key(name, config, input_hash)?;
+        let Some(record) = self.registry.cached_step(&key).await? else {
+            return Ok(None);
+        };
+        self.registry.start_step(&self.id, &key).await?;
+        let mut detail = record.detail.clone();
+        if let Some(object) = detail.as_object_mut() {
+            object.insert("cached_from".into(), serde_json::json!(record.run_id));
+        }
+        self.registry
+            .finish_step(
+                &self.id,
+                name,
+                RunStatus::Succeeded,
+                record.output_hash.as_deref(),
+                &detail,
+                None,
+            )
+            .await?;
+        eprintln!(
+            "{name}: skipped: same code, config and input as run {} (--no-cache to force)",
+            record.run_id
+        );
+        Ok(Some(record))
     }
 
     /// Records that step `name` succeeded, with its output's hash and its counts.
@@ -111,4 +203,61 @@ pub struct StepOutput<T> {
     pub hash: Option<String>,
     /// Counts and notes, as JSON.
     pub detail: serde_json::Value,
+}
+
+impl Run<'_> {
+    /// A step whose output is a JSON value stored as an artifact: reused from the step cache when
+    /// an identical step succeeded before, else computed by `work` (which returns the value and its
+    /// counts), stored, and only then recorded as succeeded. Returns the value and its artifact hash.
+    pub async fn json_step<T, F>(
+        &self,
+        artifacts: &ArtifactStore,
+        name: &str,
+        config: &impl Serialize,
+        input_hash: &str,
+        use_cache: bool,
+        work: F,
+    ) -> anyhow::Result<(T, String)>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Future<Output = anyhow::Result<(T, serde_json::Value)>>,
+    {
+        if let Some(record) = self.cached(name, config, input_hash, use_cache).await?
+            && let Some(hash) = record.output_hash
+        {
+            let bytes = artifacts.get(&hash).await?;
+            let value = serde_json::from_slice(&bytes).map_err(|e| {
+                anyhow::anyhow!("the cached output {hash} of step {name} is unreadable ({e}); rerun with --no-cache")
+            })?;
+            return Ok((value, hash));
+        }
+        self.step(name, config, input_hash, async {
+            let (value, detail) = work.await?;
+            let hash = artifacts.put(serde_json::to_vec(&value)?).await?;
+            Ok(StepOutput {
+                value: (value, hash.clone()),
+                hash: Some(hash),
+                detail,
+            })
+        })
+        .await
+    }
+}
+
+/// A fingerprint of the stored documents: every id with its content hash and quality score. Steps
+/// that read the whole store (explore, filter) use it as their input hash.
+pub async fn fingerprint(documents: &dyn engram_shared::documents::DocumentStore) -> anyhow::Result<String> {
+    use futures::StreamExt;
+    let mut entries = Vec::new();
+    let mut stream = documents.stream(&engram_shared::documents::DocumentFilter::default());
+    while let Some(document) = stream.next().await {
+        let document = document?;
+        let quality = document
+            .quality
+            .map(|q| format!("{}@{}", q.score, q.version))
+            .unwrap_or_default();
+        entries.push(format!("{}:{}:{quality}", document.id, document.content_hash));
+    }
+    entries.sort();
+    Ok(sha256_hex(entries.join("\n")))
 }

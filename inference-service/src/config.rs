@@ -38,6 +38,18 @@ pub struct Config {
     #[arg(long, env = "ENGRAM_MAX_COMPLETION_TOKENS", default_value_t = 512)]
     pub max_completion_tokens: usize,
 
+    /// Most tokens of a request's conversation (before sources are added); longer ones get a 400.
+    #[arg(long, env = "ENGRAM_MAX_PROMPT_TOKENS", default_value_t = 4096)]
+    pub max_prompt_tokens: usize,
+
+    /// Longest a chat request may take, queue wait included, in seconds; then it fails with 503.
+    #[arg(long, env = "ENGRAM_REQUEST_TIMEOUT_SECS", default_value_t = 300)]
+    pub request_timeout_secs: u64,
+
+    /// On SIGTERM, how long in-flight requests may run on before the process exits anyway, in seconds.
+    #[arg(long, env = "ENGRAM_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+
     /// Chunks retrieved per question by default.
     #[arg(long, env = "ENGRAM_TOP_K", default_value_t = 4)]
     pub top_k: usize,

@@ -115,7 +115,14 @@ fn run(job: Job) {
     });
     let last = match result {
         Ok(completion) => Event::Done(completion),
-        Err(err) => Event::Failed(err.to_string()),
+        // The first line: errors from the model carry a backtrace that is no business of the client.
+        Err(err) => Event::Failed(
+            err.to_string()
+                .lines()
+                .next()
+                .unwrap_or("generation failed")
+                .to_string(),
+        ),
     };
     let _ = events.blocking_send(last);
 }

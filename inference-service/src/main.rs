@@ -111,7 +111,11 @@ async fn serve(config: &Config) -> Result<()> {
         engine: Engine::start(config.workers, config.max_queue),
         served: Arc::new(RwLock::new(Arc::new(served))),
         top_k: config.top_k,
-        max_completion_tokens: config.max_completion_tokens,
+        limits: http::Limits {
+            max_completion_tokens: config.max_completion_tokens,
+            max_prompt_tokens: config.max_prompt_tokens,
+            request_timeout: std::time::Duration::from_secs(config.request_timeout_secs.max(1)),
+        },
         metrics: Arc::new(metrics::Metrics::new().context("cannot set up the metrics")?),
     };
     let interval = std::time::Duration::from_secs(config.reload_interval_secs.max(1));
@@ -121,10 +125,29 @@ async fn serve(config: &Config) -> Result<()> {
         .with_context(|| format!("cannot listen on {} (ENGRAM_ADDR)", config.addr))?;
     tracing::info!(addr = %listener.local_addr()?, "serving");
     println!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, http::router(state, keys, cors, config.max_body_bytes))
-        .with_graceful_shutdown(shutdown())
-        .await?;
-    tracing::info!("stopped");
+    // On SIGTERM the server stops accepting and waits for in-flight requests, but only for the
+    // grace period: a stuck generation must not keep a rolling update waiting forever.
+    let (stopping, mut stopped) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, http::router(state, keys, cors, config.max_body_bytes)).with_graceful_shutdown(
+        async move {
+            shutdown().await;
+            let _ = stopping.send(true);
+        },
+    );
+    let grace = std::time::Duration::from_secs(config.shutdown_grace_secs);
+    let deadline = async move {
+        let _ = stopped.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => {
+            result?;
+            tracing::info!("stopped");
+        }
+        () = deadline => {
+            tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period; exiting");
+        }
+    }
     Ok(())
 }
 

@@ -17,7 +17,7 @@ pages. Answer the question using the numbered sources below, and cite the source
 sources do not contain the answer, say that you could not find it in the notes.";
 
 /// A source as the response lists it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SourceRef {
     /// Its number in the prompt, as cited: [1] is index 1.
     pub index: usize,
@@ -59,14 +59,46 @@ fn source_text(number: usize, hit: &SearchHit) -> String {
     format!("[{number}] {heading} ({})\n{}\n", hit.chunk.url, hit.chunk.text.trim())
 }
 
+/// Why a prompt cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    /// The client's conversation alone is over the per-request limit.
+    #[error(
+        "the conversation is {tokens} tokens; this service takes at most {limit} per request (ENGRAM_MAX_PROMPT_TOKENS): shorten it"
+    )]
+    TooLong {
+        /// Its tokens.
+        tokens: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The conversation and the answer do not fit the model's context window.
+    #[error(
+        "the conversation is {tokens} tokens and {answer} are asked for the answer, but the model's context window is {context}: shorten the conversation or lower max_tokens"
+    )]
+    NoRoom {
+        /// Prompt tokens without sources.
+        tokens: usize,
+        /// Tokens asked for the answer.
+        answer: usize,
+        /// The window.
+        context: usize,
+    },
+    /// The model could not render or encode the prompt.
+    #[error(transparent)]
+    Model(#[from] anyhow::Error),
+}
+
 /// The conversation with the sources in a leading system message, within the context budget
-/// (leaving `answer_tokens` free), and the sources that made it in.
-pub fn augment(
+/// (leaving `answer_tokens` free), and the sources that made it in. The conversation itself must be
+/// at most `max_prompt_tokens` and leave room for the answer, or nothing is generated.
+pub fn fit(
     generator: &Generator,
     conversation: &[ChatMessage],
     hits: &[SearchHit],
     answer_tokens: usize,
-) -> anyhow::Result<(Vec<ChatMessage>, Vec<SourceRef>)> {
+    max_prompt_tokens: usize,
+) -> Result<(Vec<ChatMessage>, Vec<SourceRef>), PromptError> {
     let client_system: Vec<&str> = conversation
         .iter()
         .filter(|m| m.role == Role::System)
@@ -77,7 +109,8 @@ pub fn augment(
         .filter(|m| m.role != Role::System)
         .cloned()
         .collect();
-    let budget = generator.context_length().saturating_sub(answer_tokens);
+    let context = generator.context_length();
+    let budget = context.saturating_sub(answer_tokens);
     let build = |sources: &str| {
         let mut system = String::from(INSTRUCTION);
         for extra in &client_system {
@@ -92,15 +125,29 @@ pub fn augment(
         messages.extend(rest.iter().cloned());
         messages
     };
-    let fits = |messages: &[ChatMessage]| -> anyhow::Result<bool> {
+    let tokens = |messages: &[ChatMessage]| -> anyhow::Result<usize> {
         let prompt = generator.render(messages)?;
-        Ok(generator.encode(&prompt)?.len() < budget)
+        Ok(generator.encode(&prompt)?.len())
     };
+    let bare = tokens(&build(""))?;
+    if bare > max_prompt_tokens {
+        return Err(PromptError::TooLong {
+            tokens: bare,
+            limit: max_prompt_tokens,
+        });
+    }
+    if bare >= budget {
+        return Err(PromptError::NoRoom {
+            tokens: bare,
+            answer: answer_tokens,
+            context,
+        });
+    }
     let mut sources = String::new();
     let mut used = Vec::new();
     for hit in hits {
         let candidate = format!("{sources}{}", source_text(used.len() + 1, hit));
-        if !fits(&build(&candidate))? {
+        if tokens(&build(&candidate))? >= budget {
             break;
         }
         sources = candidate;

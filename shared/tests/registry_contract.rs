@@ -210,12 +210,40 @@ async fn concurrent_registrations_get_distinct_versions(registry: &Registry) {
     assert_eq!(registry.models().await.unwrap().len(), before + 12);
 }
 
+async fn teacher_responses_are_stored_once_by_key(registry: &Registry) {
+    let key = common::unique_name("prompt");
+    assert_eq!(registry.teacher_response(&key).await.unwrap(), None);
+    assert!(
+        registry
+            .store_teacher_response(&key, "teacher-a", "first")
+            .await
+            .unwrap()
+    );
+    // A second answer under the same key (a concurrent worker, a rerun) does not replace the first.
+    assert!(
+        !registry
+            .store_teacher_response(&key, "teacher-a", "second")
+            .await
+            .unwrap()
+    );
+    assert_eq!(registry.teacher_response(&key).await.unwrap().as_deref(), Some("first"));
+    let text = "unicode ✓ and a long answer ".repeat(500);
+    let other = common::unique_name("prompt");
+    registry
+        .store_teacher_response(&other, "teacher-a", &text)
+        .await
+        .unwrap();
+    assert_eq!(registry.teacher_response(&other).await.unwrap(), Some(text));
+    assert!(registry.teacher_responses("teacher-a").await.unwrap() >= 2);
+}
+
 async fn registry_contract(registry: &Registry) {
     println!("registry contract: running against {}", registry.backend());
     runs_and_steps_are_recorded_and_cached_by_key(registry).await;
     versions_are_numbered_and_keep_their_lineage(registry).await;
     an_index_version_goes_live_only_when_ready(registry).await;
     concurrent_registrations_get_distinct_versions(registry).await;
+    teacher_responses_are_stored_once_by_key(registry).await;
     common::report(&format!("PASSED: registry contract on {}", registry.backend()));
 }
 

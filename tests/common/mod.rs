@@ -32,7 +32,19 @@ impl Stores {
     }
 
     pub fn env(&self) -> Vec<(&str, String)> {
-        let mut env = vec![("ENGRAM_HOME", self.home.path().display().to_string())];
+        let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+        let mut env = vec![
+            ("ENGRAM_HOME", self.home.path().display().to_string()),
+            // Tests run in tests/: the models are named absolutely.
+            (
+                "ENGRAM_EMBEDDING_MODEL",
+                models.join("all-MiniLM-L6-v2").display().to_string(),
+            ),
+            (
+                "ENGRAM_TEACHER_MODEL_PATH",
+                models.join("SmolLM2-135M-Instruct.Q4_1.gguf").display().to_string(),
+            ),
+        ];
         if let Some((uri, database)) = &self.mongodb {
             env.push(("ENGRAM_MONGODB_URI", uri.clone()));
             env.push(("ENGRAM_MONGODB_DATABASE", database.clone()));
@@ -53,6 +65,12 @@ impl Stores {
         .await
         .expect("pipeline process");
         (output.status.success(), stdout(&output), stderr(&output))
+    }
+
+    /// [`Stores::pipeline`] with owned arguments (for futures that outlive a borrowed slice).
+    pub async fn pipeline_owned(&self, args: Vec<String>) -> (bool, String, String) {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.pipeline(&args).await
     }
 
     pub async fn ok(&self, args: &[&str]) -> String {

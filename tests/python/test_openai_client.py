@@ -1,78 +1,31 @@
 """The official `openai` Python client against engram's chat endpoint.
 
 The real binaries (ENGRAM_BIN_DIR, set by scripts/test.sh) build the sample corpus's index and
-register the base model into a temporary ENGRAM_HOME; the service is started on a free loopback
-port, and the client asks a question about the corpus, whole and streamed.
+register the base model into a temporary ENGRAM_HOME (conftest.py); the service is started on a free
+loopback port, and the client asks a question about the corpus, whole and streamed.
 """
 
 import json
-import os
-import socket
-import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 import openai
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(os.environ.get("ENGRAM_BIN_DIR", ROOT / "target" / "debug"))
-QUESTION = "What k value do we use for reciprocal rank fusion in hybrid search?"
-EXPECTED_TITLE = "Vector search notes"
-
-
-def pipeline(env, *args):
-    result = subprocess.run([str(BIN / "feature-pipeline"), *args], env=env, cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, f"feature-pipeline {args}: {result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import EXPECTED_TITLE, QUESTION, ROOT, Service, pipeline, ready
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    home = tmp_path_factory.mktemp("engram-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ENGRAM_", "AWS_"))}
-    env.update({"ENGRAM_HOME": str(home), "ENGRAM_LOG": "warn"})
-    pipeline(env, "extract", "notion", "samples/notion-export")
-    pipeline(env, "filter")
-    pipeline(env, "index")
-    pipeline(env, "models", "register", "models/SmolLM2-135M-Instruct.Q4_1.gguf", "--promote")
-    port = free_port()
-    process = subprocess.Popen(
-        [str(BIN / "inference-service"), "--addr", f"127.0.0.1:{port}", "--reload-interval-secs", "1"],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except Exception:
-            pass
-        assert process.poll() is None, f"the service exited: {process.stderr.read()}"
-        assert time.time() < deadline, "the service did not become ready in 120 s"
-        time.sleep(0.5)
-    yield base, env, home
-    process.terminate()
-    assert process.wait(timeout=60) == 0, "SIGTERM ends the service cleanly"
+def service(corpus):
+    env, home = corpus
+    server = Service(env, "--reload-interval-secs", "1")
+    yield server.base, env, home
+    assert server.stop() == 0, "SIGTERM ends the service cleanly"
 
 
 def client(service):
     base = service[0] if isinstance(service, tuple) else service
     return openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=300)
-
-
-def ready(base):
-    with urllib.request.urlopen(f"{base}/readyz", timeout=10) as response:
-        return json.load(response)
 
 
 def test_a_whole_answer_with_usage_and_sources(service):
@@ -153,22 +106,9 @@ def test_api_keys_guard_the_v1_routes_and_the_page_is_served(service, tmp_path):
     _, env, _ = service
     keys = tmp_path / "keys"
     keys.write_text("# one key per line\nsecret-one\n")
-    port = free_port()
-    process = subprocess.Popen(
-        [str(BIN / "inference-service"), "--addr", f"127.0.0.1:{port}", "--api-keys", str(keys)],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    server = Service(env, "--api-keys", str(keys), probe="/healthz")
+    base = server.base
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=2)
-                break
-            except Exception:
-                assert process.poll() is None, process.stderr.read()
-                assert time.time() < deadline
-                time.sleep(0.3)
         with pytest.raises(openai.AuthenticationError) as error:
             openai.OpenAI(base_url=f"{base}/v1", api_key="wrong", max_retries=0).models.list()
         assert "API key" in error.value.body["message"]
@@ -178,8 +118,7 @@ def test_api_keys_guard_the_v1_routes_and_the_page_is_served(service, tmp_path):
             page = response.read().decode()
         assert "/v1/chat/completions" in page and "<title>engram</title>" in page
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        server.stop()
 
 
 def test_a_promotion_and_a_rebuild_are_picked_up_without_failed_requests(service, tmp_path):

@@ -7,7 +7,7 @@ use engram_shared::storage::Storage;
 use serde_json::json;
 
 use crate::config::ExploreArgs;
-use crate::pipeline::{Run, StepOutput};
+use crate::pipeline::{Run, StepOutput, fingerprint};
 use crate::steps::explore::{self, percentiles};
 use crate::{progress, report};
 
@@ -16,12 +16,40 @@ pub async fn run(config: &StorageConfig, args: &ExploreArgs) -> Result<()> {
     let storage = Storage::open(config).await?;
     let settings = json!({ "out": args.out });
     let run = Run::start(&storage.registry, "explore", &settings).await?;
-    let dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| config.home.join("reports").join(&run.id));
+    let result = stage(&storage, &run, args, &config.home, false).await;
+    run.finish(result).await
+}
+
+/// The explore step inside `run`: with `use_cache`, skipped when the documents and the latest
+/// crawl report are what an earlier report was made from.
+pub async fn stage(
+    storage: &Storage,
+    run: &Run<'_>,
+    args: &ExploreArgs,
+    home: &std::path::Path,
+    use_cache: bool,
+) -> Result<()> {
+    let settings = json!({ "out": args.out });
+    let crawl = storage
+        .registry
+        .latest_step(explore::CRAWL_STEP)
+        .await?
+        .and_then(|s| s.output_hash);
+    let input_hash = engram_shared::hashing::sha256_hex(format!(
+        "{}:{}",
+        fingerprint(storage.documents.as_ref()).await?,
+        crawl.unwrap_or_default()
+    ));
+    if let Some(record) = run.cached("explore", &settings, &input_hash, use_cache).await? {
+        println!(
+            "explore: the report of run {} still holds: {}",
+            record.run_id, record.detail["report"]
+        );
+        return Ok(());
+    }
+    let dir = args.out.clone().unwrap_or_else(|| home.join("reports").join(&run.id));
     let result = run
-        .step("explore", &settings, "", async {
+        .step("explore", &settings, &input_hash, async {
             let total = storage.documents.count(&DocumentFilter::default()).await?;
             let bar = progress::bar(total, "explore");
             let exploration =
@@ -42,7 +70,7 @@ pub async fn run(config: &StorageConfig, args: &ExploreArgs) -> Result<()> {
             })
         })
         .await;
-    let result = result.map(|(exploration, written, html_hash)| {
+    result.map(|(exploration, written, html_hash)| {
         if args.json {
             let mut summary = exploration.summary();
             summary["report"] = json!(written.html);
@@ -53,8 +81,7 @@ pub async fn run(config: &StorageConfig, args: &ExploreArgs) -> Result<()> {
             print_summary(&exploration);
             println!("report: {} (artifact {html_hash})", written.html.display());
         }
-    });
-    run.finish(result).await
+    })
 }
 
 fn print_summary(exploration: &explore::Exploration) {

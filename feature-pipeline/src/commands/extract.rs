@@ -28,7 +28,15 @@ use crate::steps::extract::{DocumentWriter, ExtractReport, Problem, files, notio
 /// Runs `extract`.
 pub async fn run(config: &StorageConfig, command: &ExtractCommand) -> Result<()> {
     let storage = Storage::open(config).await?;
-    let (name, settings) = match command {
+    let (name, settings) = settings(command);
+    let run = Run::start(&storage.registry, name, &settings).await?;
+    let result = stage(&storage, &run, command, false).await;
+    run.finish(result).await
+}
+
+/// The step name and settings of an extract command.
+fn settings(command: &ExtractCommand) -> (&'static str, serde_json::Value) {
+    match command {
         ExtractCommand::Notion(args) if args.api => (
             "extract-notion-api",
             json!({ "database": args.database, "api_url": args.api_url, "interval_ms": args.api_interval_ms }),
@@ -50,10 +58,47 @@ pub async fn run(config: &StorageConfig, command: &ExtractCommand) -> Result<()>
             "extract-files",
             json!({ "paths": args.paths, "max_bytes": args.limits.max_bytes }),
         ),
+    }
+}
+
+/// A fingerprint of local input files: every file's path and content hash, in a stable order.
+/// `None` for inputs that live elsewhere (the web, Notion's API): those are never cached.
+fn local_inputs(command: &ExtractCommand) -> Option<String> {
+    let paths = match command {
+        ExtractCommand::Notion(args) if !args.api => &args.paths,
+        ExtractCommand::Files(args) => &args.paths,
+        _ => return None,
     };
-    let run = Run::start(&storage.registry, name, &settings).await?;
-    // Extract reads the outside world: its input is named by its settings, not hashed content.
-    let input_hash = sha256_hex(settings.to_string());
+    let mut entries = Vec::new();
+    for path in paths {
+        let mut stack = vec![path.clone()];
+        while let Some(item) = stack.pop() {
+            if item.is_dir() {
+                let children = std::fs::read_dir(&item).ok()?;
+                for child in children {
+                    stack.push(child.ok()?.path());
+                }
+            } else {
+                let bytes = std::fs::read(&item).ok()?;
+                entries.push(format!("{}:{}", item.display(), sha256_hex(&bytes)));
+            }
+        }
+    }
+    entries.sort();
+    Some(sha256_hex(entries.join("\n")))
+}
+
+/// The extract step inside `run`: with `use_cache`, local inputs whose files are unchanged since a
+/// successful extract are skipped.
+pub async fn stage(storage: &Storage, run: &Run<'_>, command: &ExtractCommand, use_cache: bool) -> Result<()> {
+    let storage = storage.clone();
+    let (name, settings) = settings(command);
+    // Local files are named by their content; the outside world by the settings that reach it.
+    let local = local_inputs(command);
+    let input_hash = local.clone().unwrap_or_else(|| sha256_hex(settings.to_string()));
+    if local.is_some() && run.cached(name, &settings, &input_hash, use_cache).await?.is_some() {
+        return Ok(());
+    }
     let result = run
         .step(name, &settings, &input_hash, async {
             let (report, failed_inputs, output_hash) = match command {
@@ -81,7 +126,7 @@ pub async fn run(config: &StorageConfig, command: &ExtractCommand) -> Result<()>
             })
         })
         .await;
-    let outcome = match result {
+    match result {
         Ok((report, failed_inputs)) => {
             print_report(name, &report, &failed_inputs);
             if failed_inputs.is_empty() {
@@ -99,8 +144,7 @@ pub async fn run(config: &StorageConfig, command: &ExtractCommand) -> Result<()>
             }
         }
         Err(err) => Err(err),
-    };
-    run.finish(outcome).await
+    }
 }
 
 fn print_report(name: &str, report: &ExtractReport, failed_inputs: &[Problem]) {

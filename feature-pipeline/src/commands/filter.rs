@@ -7,7 +7,7 @@ use engram_shared::storage::Storage;
 use serde_json::json;
 
 use crate::config::FilterArgs;
-use crate::pipeline::{Run, StepOutput};
+use crate::pipeline::{Run, StepOutput, fingerprint};
 use crate::progress;
 use crate::steps::filter::{self, STEP};
 
@@ -15,8 +15,19 @@ use crate::steps::filter::{self, STEP};
 pub async fn run(config: &StorageConfig, args: &FilterArgs) -> Result<()> {
     let storage = Storage::open(config).await?;
     let run = Run::start(&storage.registry, "filter", args).await?;
+    let result = stage(&storage, &run, args, false).await;
+    run.finish(result).await
+}
+
+/// The filter step inside `run`: with `use_cache`, skipped when the stored documents (ids, content
+/// and quality) are what an earlier filter with the same thresholds read; its set stays the latest.
+pub async fn stage(storage: &Storage, run: &Run<'_>, args: &FilterArgs, use_cache: bool) -> Result<()> {
+    let input_hash = fingerprint(storage.documents.as_ref()).await?;
+    if run.cached(STEP, args, &input_hash, use_cache).await?.is_some() {
+        return Ok(());
+    }
     let result = run
-        .step(STEP, args, "", async {
+        .step(STEP, args, &input_hash, async {
             let total = storage.documents.count(&DocumentFilter::default()).await?;
             let bar = progress::bar(total, "filter");
             let set = filter::run(storage.documents.as_ref(), args, &bar).await?;
@@ -37,7 +48,7 @@ pub async fn run(config: &StorageConfig, args: &FilterArgs) -> Result<()> {
             })
         })
         .await;
-    let result = result.map(|(set, hash)| {
+    result.map(|(set, hash)| {
         if args.json {
             for dropped in &set.dropped {
                 println!("{}", serde_json::to_string(dropped).unwrap_or_default());
@@ -57,6 +68,5 @@ pub async fn run(config: &StorageConfig, args: &FilterArgs) -> Result<()> {
                 eprintln!("    - {:?} ({}) {}", dropped.title, dropped.url, dropped.detail);
             }
         }
-    });
-    run.finish(result).await
+    })
 }

@@ -14,7 +14,7 @@ use crate::config::{IndexArgs, IndexesArgs};
 use crate::pipeline::{Run, StepOutput};
 use crate::progress;
 use crate::steps::chunk::Chunker;
-use crate::steps::{filter, index};
+use crate::steps::{filter, index, shard};
 
 /// Loads the embedding model, saying what to do when it is missing.
 pub fn load_embedder(dir: &Path) -> Result<Arc<Embedder>> {
@@ -39,6 +39,15 @@ pub async fn run(config: &StorageConfig, args: &IndexArgs) -> Result<()> {
         );
         return Ok(());
     }
+    let settings = json!({ "command": "index" });
+    let run = Run::start(&storage.registry, "index", &settings).await?;
+    let result = stage(&storage, &run, args, false).await;
+    run.finish(result).await
+}
+
+/// The index step inside `run`: with `use_cache`, skipped when an index was built from the same
+/// document set with the same settings (and that version is still ready).
+pub async fn stage(storage: &Storage, run: &Run<'_>, args: &IndexArgs, use_cache: bool) -> Result<()> {
     let set = filter::latest(&storage.registry, &storage.artifacts)
         .await?
         .context("no document set yet: run `feature-pipeline filter` first (after extract)")?;
@@ -49,17 +58,67 @@ pub async fn run(config: &StorageConfig, args: &IndexArgs) -> Result<()> {
         "chunker": chunker.settings(),
         "keep": args.keep,
     });
-    let run = Run::start(&storage.registry, "index", &settings).await?;
+    let input_hash = engram_shared::hashing::sha256_hex(format!("{}:{}", set.hash, set.input_hash));
+    let chunker_settings = serde_json::to_value(chunker.settings())?;
+    if let Some(shard) = args.shard {
+        let config = shard::config(shard.index, shard.count, embedder.model_id(), &chunker_settings);
+        let bar = progress::bar(0, "shard");
+        let (chunks, hash) = shard::record(
+            storage,
+            run,
+            &config,
+            &input_hash,
+            shard::embed(storage, embedder.clone(), &chunker, &set, shard, &bar),
+        )
+        .await?;
+        bar.finish_and_clear();
+        println!(
+            "index: shard {}/{} embedded {chunks} chunks (artifact {}); when every shard is done, run \
+             `feature-pipeline index --merge-shards {}` once",
+            shard.index,
+            shard.count,
+            &hash[..12],
+            shard.count
+        );
+        return Ok(());
+    }
+    let precomputed = match args.merge_shards {
+        Some(count) => {
+            let vectors = shard::collect(
+                &storage.registry,
+                storage,
+                count,
+                embedder.model_id(),
+                &chunker_settings,
+                &input_hash,
+                std::time::Duration::from_secs(args.wait_secs),
+            )
+            .await?;
+            println!("index: {} vectors from {count} shards", vectors.len());
+            vectors
+        }
+        None => std::collections::HashMap::new(),
+    };
+    if let Some(record) = run.cached("index", &settings, &input_hash, use_cache).await? {
+        let version = record.detail["version"].as_i64().unwrap_or_default();
+        let live = storage.registry.alias(AliasKind::Index, INDEX_LIVE).await?;
+        if live == Some(version) {
+            println!("index: v{version} is live and current");
+            return Ok(());
+        }
+        eprintln!("index: the cached build v{version} is no longer live; building again");
+    }
     let result = run
-        .step("index", &settings, &set.hash, async {
+        .step("index", &settings, &input_hash, async {
             let bar = progress::bar(0, "index");
             let built = index::build(
-                &storage,
+                storage,
                 embedder.clone(),
                 chunker.clone(),
                 &set,
                 &run.id,
                 args.keep,
+                &precomputed,
                 &bar,
             )
             .await?;
@@ -81,7 +140,7 @@ pub async fn run(config: &StorageConfig, args: &IndexArgs) -> Result<()> {
             })
         })
         .await;
-    let result = result.map(|built| {
+    result.map(|built| {
         let counts = &built.manifest.counts;
         let t = &built.timings;
         let total = t.total.as_secs_f64();
@@ -108,8 +167,7 @@ pub async fn run(config: &StorageConfig, args: &IndexArgs) -> Result<()> {
             let dropped: Vec<String> = built.dropped.iter().map(|v| format!("v{v}")).collect();
             println!("dropped old versions: {}", dropped.join(", "));
         }
-    });
-    run.finish(result).await
+    })
 }
 
 /// Runs `indexes`.

@@ -21,7 +21,7 @@ pub async fn run(config: &StorageConfig, command: &ModelsCommand) -> Result<()> 
     }
 }
 
-async fn register(storage: &Storage, args: &RegisterModelArgs) -> Result<()> {
+pub async fn register(storage: &Storage, args: &RegisterModelArgs) -> Result<()> {
     let path = &args.path;
     let format = match path.extension().and_then(|e| e.to_str()) {
         Some("gguf") => "gguf",

@@ -12,6 +12,7 @@
 //! Embeddings are reused: a chunk whose id (document, position, text) exists in the newest ready
 //! version built with the same model, with the same title, headings and url, takes its stored
 //! vector instead of being embedded again, so a rerun over unchanged documents embeds nothing.
+//! Vectors computed by shards (`index --shard i/N`, see `shard.rs`) are used the same way.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -62,7 +63,14 @@ pub struct Built {
     pub dropped: Vec<i64>,
 }
 
-/// Builds a new index version from `set` and makes it live.
+/// The key of an embedding computed elsewhere (a shard): the hash of the text embedded.
+pub fn text_key(text: &str) -> String {
+    engram_shared::hashing::sha256_hex(text)
+}
+
+/// Builds a new index version from `set` and makes it live. Chunks whose embedding text has a
+/// vector in `precomputed` (by [`text_key`]; the shards' work) are not embedded again.
+#[allow(clippy::too_many_arguments)] // each is a distinct input of the build; a struct would only rename them
 pub async fn build(
     storage: &Storage,
     embedder: Arc<Embedder>,
@@ -70,35 +78,13 @@ pub async fn build(
     set: &DocumentSet,
     run_id: &str,
     keep: usize,
+    precomputed: &HashMap<String, Vec<f32>>,
     progress: &ProgressBar,
 ) -> anyhow::Result<Built> {
     let started = Instant::now();
     let mut timings = Timings::default();
 
-    // Chunk every document of the set (they are read once, streamed from the store).
-    let wanted: HashSet<&str> = set.ids.iter().map(String::as_str).collect();
-    let mut chunks: Vec<Chunk> = Vec::new();
-    let mut documents = 0u64;
-    progress.set_length(set.ids.len() as u64);
-    progress.set_prefix("chunk");
-    let mut stream = storage.documents.stream(&DocumentFilter::default());
-    while let Some(document) = stream.next().await {
-        let document = document?;
-        if !wanted.contains(document.id.as_str()) {
-            continue;
-        }
-        let chunker = chunker.clone();
-        let mut pieces = tokio::task::spawn_blocking(move || chunker.chunk(&document)).await?;
-        chunks.append(&mut pieces);
-        documents += 1;
-        progress.inc(1);
-    }
-    if documents < set.ids.len() as u64 {
-        tracing::warn!(
-            missing = set.ids.len() as u64 - documents,
-            "some documents of the document set are no longer stored; run `feature-pipeline filter` again"
-        );
-    }
+    let (chunks, documents) = chunk_set(storage, &chunker, set, |_| true, progress).await?;
     let mut bm25 = Bm25::default();
     let texts: Vec<String> = chunks.iter().map(embedding_text).collect();
     for text in &texts {
@@ -149,11 +135,13 @@ pub async fn build(
     for (batch_chunks, batch_texts) in chunks.chunks(EMBED_BATCH).zip(texts.chunks(EMBED_BATCH)) {
         let mut vectors: Vec<Option<Vec<f32>>> = batch_chunks
             .iter()
-            .map(|chunk| {
+            .zip(batch_texts)
+            .map(|(chunk, text)| {
                 reusable
                     .get(&chunk.id())
                     .filter(|(stored, _)| stored == chunk)
                     .map(|(_, v)| v.clone())
+                    .or_else(|| precomputed.get(&text_key(text)).cloned())
             })
             .collect();
         let missing: Vec<usize> = (0..vectors.len()).filter(|&i| vectors[i].is_none()).collect();
@@ -220,6 +208,41 @@ pub async fn build(
         timings,
         dropped,
     })
+}
+
+/// Chunks the documents of `set` that `owned` accepts (all, or one shard's), read once, streamed
+/// from the store. Returns the chunks and the number of documents read.
+pub async fn chunk_set(
+    storage: &Storage,
+    chunker: &Arc<Chunker>,
+    set: &DocumentSet,
+    owned: impl Fn(&str) -> bool,
+    progress: &ProgressBar,
+) -> anyhow::Result<(Vec<Chunk>, u64)> {
+    let wanted: HashSet<&str> = set.ids.iter().map(String::as_str).filter(|id| owned(id)).collect();
+    let mut chunks: Vec<Chunk> = Vec::new();
+    let mut documents = 0u64;
+    progress.set_length(wanted.len() as u64);
+    progress.set_prefix("chunk");
+    let mut stream = storage.documents.stream(&DocumentFilter::default());
+    while let Some(document) = stream.next().await {
+        let document = document?;
+        if !wanted.contains(document.id.as_str()) {
+            continue;
+        }
+        let chunker = chunker.clone();
+        let mut pieces = tokio::task::spawn_blocking(move || chunker.chunk(&document)).await?;
+        chunks.append(&mut pieces);
+        documents += 1;
+        progress.inc(1);
+    }
+    if documents < wanted.len() as u64 {
+        tracing::warn!(
+            missing = wanted.len() as u64 - documents,
+            "some documents of the document set are no longer stored; run `feature-pipeline filter` again"
+        );
+    }
+    Ok((chunks, documents))
 }
 
 /// Stored chunks and vectors of the newest ready version with the same embedding model, by id.

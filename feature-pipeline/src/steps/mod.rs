@@ -3,9 +3,14 @@
 
 pub mod chunk;
 pub mod dedup;
+pub mod distil;
 pub mod eval;
 pub mod explore;
 pub mod extract;
 pub mod filter;
 pub mod index;
+pub mod publish;
+pub mod quality;
 pub mod score;
+pub mod shard;
+pub mod split;

@@ -14,43 +14,69 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use engram_shared::documents::Source;
 use engram_shared::generation::{ChatMessage, Completion, FinishReason, GenerationParams, Role};
 use engram_shared::vectors::ChunkFilter;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorResponse};
+use super::json::{ApiJson, object, objects, whole};
 use crate::engine::{Event, Job, Refused};
 use crate::metrics::Metrics;
 use crate::rag::{self, SourceRef};
 
-/// Longest a request may take, queue wait included.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// A message's content: text, or parts of which only text is supported.
-#[derive(Debug, Deserialize)]
+/// A message's content: text, or content parts of which only text is supported.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Content {
     /// Plain text.
     Text(String),
-    /// Content parts (`{"type": "text", "text": …}`; images are refused).
+    /// Content parts (`{"type": "text", "text": …}`); images and audio are refused.
+    #[schema(value_type = Vec<TextPart>)]
     Parts(Vec<Value>),
 }
 
+/// A text content part.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // documents the accepted shape; parts are read as JSON to name what is refused
+pub struct TextPart {
+    /// Always `text`.
+    #[schema(rename = "type", pattern = "^text$")]
+    kind: String,
+    /// The text.
+    text: String,
+}
+
+/// Who says a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageRole {
+    /// Instructions (added after the service's own).
+    System,
+    /// OpenAI's newer name for system.
+    Developer,
+    /// The person asking.
+    User,
+    /// Earlier answers.
+    Assistant,
+}
+
 /// One message of the request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct Message {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
+    /// Who says it.
+    pub role: MessageRole,
     /// What it says.
     pub content: Option<Content>,
 }
 
 /// `stop`: one string or several.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Stop {
     /// One stop string.
@@ -59,51 +85,256 @@ pub enum Stop {
     Many(Vec<String>),
 }
 
-/// Retrieval options (an engram extension).
-#[derive(Debug, Deserialize)]
+/// Where retrieved chunks may come from.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceName {
+    /// Notion pages.
+    Notion,
+    /// Crawled web pages.
+    Crawl,
+    /// Local files.
+    File,
+}
+
+/// Which chunks qualify for retrieval.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FilterRequest {
+    /// Only chunks of documents from this source.
+    pub source: Option<SourceName>,
+    /// Only chunks of these documents.
+    pub doc_ids: Option<Vec<String>>,
+}
+
+impl From<FilterRequest> for ChunkFilter {
+    fn from(filter: FilterRequest) -> Self {
+        ChunkFilter {
+            source: filter.source.map(|s| match s {
+                SourceName::Notion => Source::Notion,
+                SourceName::Crawl => Source::Crawl,
+                SourceName::File => Source::File,
+            }),
+            doc_ids: filter.doc_ids.unwrap_or_default(),
+        }
+    }
+}
+
+/// Retrieval options (an engram extension of OpenAI's request).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retrieval {
     /// Whether to retrieve at all (default true).
     pub enabled: Option<bool>,
-    /// Chunks to retrieve.
+    /// Chunks to retrieve (default ENGRAM_TOP_K).
+    #[schema(minimum = 1, maximum = 50)]
+    #[serde(default, deserialize_with = "whole")]
     pub top_k: Option<usize>,
     /// Which chunks qualify.
-    #[serde(default)]
-    pub filter: ChunkFilter,
+    #[serde(default, deserialize_with = "object")]
+    pub filter: Option<FilterRequest>,
 }
 
-/// The request body (OpenAI's fields this service understands; others are ignored as OpenAI does).
-#[derive(Debug, Deserialize)]
+/// Streaming options.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct StreamOptions {
+    /// Send a last chunk with token usage.
+    pub include_usage: Option<bool>,
+}
+
+/// The request body: OpenAI's chat-completions fields this service understands (unknown fields are
+/// ignored, as OpenAI does).
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatRequest {
     /// The model asked for (the loaded one answers; see `/v1/models`).
     pub model: Option<String>,
-    /// The conversation.
+    /// The conversation; retrieval searches with the last user message.
+    #[schema(min_items = 1)]
+    #[serde(deserialize_with = "objects")]
     pub messages: Vec<Message>,
     /// Stream the answer as server-sent events.
     #[serde(default)]
     pub stream: bool,
     /// Streaming options.
-    pub stream_options: Option<Value>,
-    /// Sampling temperature, 0 to 2.
+    #[serde(default, deserialize_with = "object")]
+    pub stream_options: Option<StreamOptions>,
+    /// Sampling temperature (default 0.2: answers from sources want little randomness).
+    #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f64>,
     /// Nucleus sampling.
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub top_p: Option<f64>,
-    /// Most tokens to generate (legacy name).
+    /// Most tokens to generate (OpenAI's older name).
+    #[schema(minimum = 1, maximum = 512)]
+    #[serde(default, deserialize_with = "whole")]
     pub max_tokens: Option<usize>,
-    /// Most tokens to generate.
+    /// Most tokens to generate (at most ENGRAM_MAX_COMPLETION_TOKENS).
+    #[schema(minimum = 1, maximum = 512)]
+    #[serde(default, deserialize_with = "whole")]
     pub max_completion_tokens: Option<usize>,
     /// Stop strings.
     pub stop: Option<Stop>,
-    /// Sampling seed.
+    /// Sampling seed: the same seed and request give the same answer.
+    #[schema(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
+    #[serde(default, deserialize_with = "whole")]
     pub seed: Option<u64>,
-    /// End-user id (logged only as given; no effect).
+    /// End-user id (logged as given).
     pub user: Option<String>,
     /// Number of choices: only 1.
+    #[schema(minimum = 1, maximum = 1)]
+    #[serde(default, deserialize_with = "whole")]
     pub n: Option<usize>,
-    /// Tools: not supported.
-    pub tools: Option<Value>,
+    /// Tools: not supported (null or empty).
+    #[schema(max_items = 0)]
+    pub tools: Option<Vec<Value>>,
     /// Retrieval options.
+    #[serde(default, deserialize_with = "object")]
     pub retrieval: Option<Retrieval>,
+}
+
+/// Token counts of one answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Usage {
+    /// Tokens of the prompt, retrieved sources included.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub completion_tokens: usize,
+    /// Both.
+    pub total_tokens: usize,
+}
+
+impl From<&Completion> for Usage {
+    fn from(completion: &Completion) -> Self {
+        Self {
+            prompt_tokens: completion.usage.prompt_tokens,
+            completion_tokens: completion.usage.completion_tokens,
+            total_tokens: completion.usage.prompt_tokens + completion.usage.completion_tokens,
+        }
+    }
+}
+
+/// The assistant's message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AssistantMessage {
+    /// Always `assistant`.
+    pub role: &'static str,
+    /// The answer, citing sources as [1], [2]…
+    pub content: String,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Finish {
+    /// End of turn or a stop string.
+    Stop,
+    /// max_tokens or the context window was reached.
+    Length,
+}
+
+impl From<FinishReason> for Finish {
+    fn from(reason: FinishReason) -> Self {
+        match reason {
+            FinishReason::Length => Finish::Length,
+            FinishReason::Stop | FinishReason::Cancelled => Finish::Stop,
+        }
+    }
+}
+
+/// One choice of a whole answer (there is always exactly one).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Choice {
+    /// 0.
+    pub index: usize,
+    /// The answer.
+    pub message: AssistantMessage,
+    /// Why it ended.
+    pub finish_reason: Finish,
+    /// Not computed: always null.
+    #[schema(value_type = Option<Object>)]
+    pub logprobs: Option<Value>,
+}
+
+/// A whole answer (`stream` false).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatCompletion {
+    /// `chatcmpl-…`.
+    pub id: String,
+    /// Always `chat.completion`.
+    pub object: &'static str,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model that answered.
+    pub model: String,
+    /// The answer.
+    pub choices: Vec<Choice>,
+    /// Token counts.
+    pub usage: Usage,
+    /// The retrieved sources the answer may cite (engram's extension).
+    pub sources: Vec<SourceRef>,
+}
+
+/// One server-sent event of a streamed answer, as a client's SSE parser sees it.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // documents the stream; the events are written by axum's Sse
+pub struct StreamEvent {
+    /// A `ChatCompletionChunk` as JSON, an `ErrorResponse` as JSON when generation failed, or
+    /// `[DONE]` at the end.
+    data: String,
+    /// The event type, when the parser reports one (`message`).
+    event: Option<String>,
+    /// Event id (not sent).
+    id: Option<String>,
+    /// Reconnection time (not sent).
+    retry: Option<u64>,
+}
+
+/// What a streamed chunk adds.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Delta {
+    /// `assistant`, in the first chunk only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    /// More text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+/// One choice of a streamed chunk.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChunkChoice {
+    /// 0.
+    pub index: usize,
+    /// What this chunk adds.
+    pub delta: Delta,
+    /// Set in the last content chunk.
+    pub finish_reason: Option<Finish>,
+    /// Always null.
+    #[schema(value_type = Option<Object>)]
+    pub logprobs: Option<Value>,
+}
+
+/// One server-sent event of a streamed answer (`data: {…}`; the stream ends with `data: [DONE]`).
+/// The first carries `sources`; with `stream_options.include_usage` the last carries `usage` and no
+/// choices.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatCompletionChunk {
+    /// The same for every chunk of an answer.
+    pub id: String,
+    /// Always `chat.completion.chunk`.
+    pub object: &'static str,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model that answers.
+    pub model: String,
+    /// Zero or one choice.
+    pub choices: Vec<ChunkChoice>,
+    /// In the first chunk: the sources the answer may cite.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<SourceRef>>,
+    /// In the last chunk, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 fn now() -> u64 {
@@ -111,21 +342,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-fn finish_reason(reason: FinishReason) -> &'static str {
-    match reason {
-        FinishReason::Length => "length",
-        FinishReason::Stop | FinishReason::Cancelled => "stop",
-    }
-}
-
-fn usage(completion: &Completion) -> Value {
-    json!({
-        "prompt_tokens": completion.usage.prompt_tokens,
-        "completion_tokens": completion.usage.completion_tokens,
-        "total_tokens": completion.usage.prompt_tokens + completion.usage.completion_tokens,
-    })
 }
 
 /// Checks the request and turns it into messages and sampling parameters.
@@ -139,8 +355,13 @@ fn validate(
             "only n=1 is supported: send one request per answer",
         ));
     }
-    if request.tools.as_ref().is_some_and(|t| !t.is_null()) {
+    if request.tools.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(ApiError::invalid("tools", "tools are not supported by this model"));
+    }
+    if let Some(top_k) = request.retrieval.as_ref().and_then(|r| r.top_k)
+        && !(1..=50).contains(&top_k)
+    {
+        return Err(ApiError::invalid("retrieval", "retrieval.top_k is between 1 and 50"));
     }
     if request.messages.is_empty() {
         return Err(ApiError::invalid(
@@ -150,16 +371,10 @@ fn validate(
     }
     let mut messages = Vec::new();
     for message in &request.messages {
-        let role = match message.role.as_str() {
-            "system" | "developer" => Role::System,
-            "user" => Role::User,
-            "assistant" => Role::Assistant,
-            other => {
-                return Err(ApiError::invalid(
-                    "messages",
-                    format!("role {other:?} is not supported: use system, user or assistant"),
-                ));
-            }
+        let role = match message.role {
+            MessageRole::System | MessageRole::Developer => Role::System,
+            MessageRole::User => Role::User,
+            MessageRole::Assistant => Role::Assistant,
         };
         let text = match &message.content {
             None => String::new(),
@@ -167,8 +382,11 @@ fn validate(
             Some(Content::Parts(parts)) => {
                 let mut text = String::new();
                 for part in parts {
-                    match part["type"].as_str() {
-                        Some("text") => text.push_str(part["text"].as_str().unwrap_or_default()),
+                    match (part["type"].as_str(), part["text"].as_str()) {
+                        (Some("text"), Some(part)) => text.push_str(part),
+                        (Some("text"), None) => {
+                            return Err(ApiError::invalid("messages", "a text content part needs its `text`"));
+                        }
                         _ => {
                             return Err(ApiError::invalid(
                                 "messages",
@@ -182,12 +400,6 @@ fn validate(
         };
         messages.push(ChatMessage::new(role, text));
     }
-    if messages.last().is_none_or(|m| m.role != Role::User) {
-        return Err(ApiError::invalid(
-            "messages",
-            "the last message must be the user's question",
-        ));
-    }
     // Answers from sources want little randomness; a client that wants more says so.
     let temperature = request.temperature.unwrap_or(0.2);
     if !(0.0..=2.0).contains(&temperature) {
@@ -197,27 +409,38 @@ fn validate(
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(ApiError::invalid("top_p", "top_p is greater than 0 and at most 1"));
     }
+    for (name, asked) in [
+        ("max_tokens", request.max_tokens),
+        ("max_completion_tokens", request.max_completion_tokens),
+    ] {
+        if asked.is_some_and(|n| n == 0 || n > max_completion_tokens) {
+            return Err(ApiError::invalid(
+                name,
+                format!("{name} is between 1 and {max_completion_tokens} (ENGRAM_MAX_COMPLETION_TOKENS)"),
+            ));
+        }
+    }
     let max_tokens = request
         .max_completion_tokens
         .or(request.max_tokens)
         .unwrap_or(max_completion_tokens.min(256));
-    if max_tokens == 0 || max_tokens > max_completion_tokens {
-        return Err(ApiError::invalid(
-            "max_tokens",
-            format!("max_tokens is between 1 and {max_completion_tokens} (ENGRAM_MAX_COMPLETION_TOKENS)"),
-        ));
-    }
     let stop = match &request.stop {
         None => vec![],
         Some(Stop::One(s)) => vec![s.clone()],
-        Some(Stop::Many(v)) if v.len() <= 4 => v.clone(),
-        Some(Stop::Many(_)) => return Err(ApiError::invalid("stop", "at most 4 stop strings")),
+        Some(Stop::Many(v)) => v.clone(),
+    };
+    let seed = match request.seed {
+        Some(seed) if seed > i64::MAX as u64 => {
+            return Err(ApiError::invalid("seed", "seed is between 0 and 2^63-1"));
+        }
+        Some(seed) => seed,
+        None => rand_seed(),
     };
     let params = GenerationParams {
         max_tokens,
         temperature,
         top_p,
-        seed: request.seed.unwrap_or_else(rand_seed),
+        seed,
         stop,
         repetition_penalty: 1.1,
         ..GenerationParams::default()
@@ -232,14 +455,33 @@ fn rand_seed() -> u64 {
         .unwrap_or(0)
 }
 
-/// Handles a chat completion.
+/// Answers a chat completion, retrieval-augmented unless `retrieval.enabled` is false.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "chat",
+    request_body = ChatRequest,
+    responses(
+        (status = 200, description = "The answer: JSON, or server-sent `ChatCompletionChunk` events when `stream` is true",
+            content(
+                (ChatCompletion = "application/json"),
+                (StreamEvent = "text/event-stream"),
+            )),
+        (status = 400, description = "The request is invalid: the message says which field and why", body = ErrorResponse),
+        (status = 401, description = "A key is required (ENGRAM_API_KEYS is set) and none or a wrong one was sent", body = ErrorResponse),
+        (status = 413, description = "The body is larger than ENGRAM_MAX_BODY_BYTES", body = ErrorResponse),
+        (status = 415, description = "The body is not declared as JSON", body = ErrorResponse),
+        (status = 429, description = "The request queue is full: retry after `Retry-After` seconds", body = ErrorResponse),
+        (status = 503, description = "No model or no index is loaded yet (see /readyz), or no answer in time", body = ErrorResponse),
+    )
+)]
 pub async fn completions(
     State(state): State<AppState>,
-    Json(request): Json<ChatRequest>,
+    ApiJson(request): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     tracing::info!(model = ?request.model, user = ?request.user, stream = request.stream, "chat completion");
-    let (conversation, params) = validate(&request, state.max_completion_tokens)?;
+    let (conversation, params) = validate(&request, state.limits.max_completion_tokens)?;
     let served = state.snapshot();
     let model = served
         .model
@@ -247,20 +489,26 @@ pub async fn completions(
         .map_err(|why| ApiError::unavailable(why.clone()))?
         .clone();
     let retrieval = request.retrieval.as_ref();
-    let (messages, sources) = if retrieval.and_then(|r| r.enabled) == Some(false) {
-        (conversation, Vec::new())
+    // Retrieval searches with the last user message; a conversation without one retrieves nothing.
+    let question = conversation
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::User)
+        .map(|m| m.content.trim().to_string())
+        .unwrap_or_default();
+    let hits = if retrieval.and_then(|r| r.enabled) == Some(false) || question.is_empty() {
+        Vec::new()
     } else {
         let index = served
             .index
             .as_ref()
             .map_err(|why| ApiError::unavailable(why.clone()))?;
         let top_k = retrieval.and_then(|r| r.top_k).unwrap_or(state.top_k);
-        if !(1..=50).contains(&top_k) {
-            return Err(ApiError::invalid("retrieval", "retrieval.top_k is between 1 and 50"));
-        }
-        let filter = retrieval.map(|r| r.filter.clone()).unwrap_or_default();
-        let question = conversation.last().map(|m| m.content.clone()).unwrap_or_default();
-        let hits = rag::retrieve(
+        let filter = retrieval
+            .and_then(|r| r.filter.clone())
+            .map(ChunkFilter::from)
+            .unwrap_or_default();
+        rag::retrieve(
             state.storage.vectors.as_ref(),
             &state.embedder,
             index.version,
@@ -269,14 +517,15 @@ pub async fn completions(
             filter,
         )
         .await
-        .map_err(ApiError::internal)?;
-        let generator = model.generator.clone();
-        let max_tokens = params.max_tokens;
-        tokio::task::spawn_blocking(move || rag::augment(&generator, &conversation, &hits, max_tokens))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?
     };
+    let generator = model.generator.clone();
+    let max_tokens = params.max_tokens;
+    let max_prompt_tokens = state.limits.max_prompt_tokens;
+    let (messages, sources) =
+        tokio::task::spawn_blocking(move || rag::fit(&generator, &conversation, &hits, max_tokens, max_prompt_tokens))
+            .await
+            .map_err(ApiError::internal)??;
     let (events_tx, events) = mpsc::channel(64);
     state
         .engine
@@ -290,24 +539,26 @@ pub async fn completions(
             Refused::Busy => ApiError::busy(),
             Refused::Stopped => ApiError::unavailable("the service is shutting down"),
         })?;
-    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-    let include_usage = request
-        .stream_options
-        .as_ref()
-        .and_then(|o| o["include_usage"].as_bool())
-        == Some(true);
-    let watch = Watch {
-        metrics: state.metrics.clone(),
-        started,
-        stream: request.stream,
-        first: false,
+    let answer = Answer {
+        header: Header {
+            id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+            model: model.id.clone(),
+            created: now(),
+        },
+        sources,
+        timeout: state.limits.request_timeout,
+        watch: Watch {
+            metrics: state.metrics.clone(),
+            started,
+            stream: request.stream,
+            first: false,
+        },
     };
     if request.stream {
-        Ok(stream(id, model.id.clone(), sources, events, include_usage, watch).into_response())
+        let include_usage = request.stream_options.as_ref().and_then(|o| o.include_usage) == Some(true);
+        Ok(answer.stream(events, include_usage).into_response())
     } else {
-        whole(id, &model.id, sources, events, watch)
-            .await
-            .map(IntoResponse::into_response)
+        answer.whole(events).await.map(IntoResponse::into_response)
     }
 }
 
@@ -339,116 +590,164 @@ impl Watch {
     }
 }
 
-async fn whole(
-    id: String,
-    model: &str,
-    sources: Vec<SourceRef>,
-    mut events: mpsc::Receiver<Event>,
-    mut watch: Watch,
-) -> Result<Json<Value>, ApiError> {
-    let completion = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        while let Some(event) = events.recv().await {
-            match event {
-                Event::Text(_) => watch.text(),
-                Event::Done(completion) => {
-                    watch.done(&completion);
-                    return Ok(completion);
-                }
-                Event::Failed(why) => return Err(ApiError::invalid("messages", why)),
-            }
-        }
-        Err(ApiError::internal("the model thread ended without an answer"))
-    })
-    .await
-    .map_err(|_| ApiError::unavailable(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())))??;
-    Ok(Json(json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": now(),
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": { "role": "assistant", "content": completion.text },
-            "finish_reason": finish_reason(completion.finish_reason),
-            "logprobs": null,
-        }],
-        "usage": usage(&completion),
-        "sources": sources,
-    })))
-}
-
-fn stream(
+/// What every chunk of one streamed answer repeats.
+struct Header {
     id: String,
     model: String,
-    sources: Vec<SourceRef>,
-    mut events: mpsc::Receiver<Event>,
-    include_usage: bool,
-    mut watch: Watch,
-) -> impl IntoResponse {
-    let (out, lines) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
-    let created = now();
-    let chunk = move |delta: Value, finish: Option<&str>| {
-        json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null }],
-        })
-    };
-    tokio::spawn(async move {
-        let send = |value: Value| SseEvent::default().data(value.to_string());
-        let mut first = chunk(json!({ "role": "assistant", "content": "" }), None);
-        first["sources"] = json!(sources);
-        if out.send(Ok(send(first))).await.is_err() {
-            return;
+    created: u64,
+}
+
+impl Header {
+    fn chunk(&self, delta: Delta, finish_reason: Option<Finish>) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.model.clone(),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason,
+                logprobs: None,
+            }],
+            sources: None,
+            usage: None,
         }
-        let forwarded = tokio::time::timeout(REQUEST_TIMEOUT, async {
+    }
+}
+
+/// An answer under way: what its response carries besides the generated text.
+struct Answer {
+    header: Header,
+    sources: Vec<SourceRef>,
+    timeout: Duration,
+    watch: Watch,
+}
+
+impl Answer {
+    async fn whole(mut self, mut events: mpsc::Receiver<Event>) -> Result<Json<ChatCompletion>, ApiError> {
+        let watch = &mut self.watch;
+        let completion = tokio::time::timeout(self.timeout, async {
             while let Some(event) = events.recv().await {
                 match event {
-                    Event::Text(text) => {
-                        watch.text();
-                        if out
-                            .send(Ok(send(chunk(json!({ "content": text }), None))))
-                            .await
-                            .is_err()
-                        {
-                            return None; // the client left: dropping `events` stops the model
-                        }
-                    }
+                    Event::Text(_) => watch.text(),
                     Event::Done(completion) => {
                         watch.done(&completion);
-                        return Some(Ok(completion));
+                        return Ok(completion);
                     }
-                    Event::Failed(why) => return Some(Err(why)),
+                    Event::Failed(why) => return Err(ApiError::invalid("messages", why)),
                 }
             }
-            Some(Err("the model thread ended without an answer".to_string()))
+            Err(ApiError::internal("the model thread ended without an answer"))
         })
-        .await;
-        match forwarded {
-            Ok(Some(Ok(completion))) => {
-                let _ = out
-                    .send(Ok(send(chunk(
-                        json!({}),
-                        Some(finish_reason(completion.finish_reason)),
-                    ))))
-                    .await;
-                if include_usage {
-                    let mut last = chunk(json!({}), None);
-                    last["choices"] = json!([]);
-                    last["usage"] = usage(&completion);
-                    let _ = out.send(Ok(send(last))).await;
+        .await
+        .map_err(|_| {
+            ApiError::unavailable(format!(
+                "no answer within {} s (ENGRAM_REQUEST_TIMEOUT_SECS): ask for fewer tokens or retry later",
+                self.timeout.as_secs()
+            ))
+        })??;
+        Ok(Json(ChatCompletion {
+            id: self.header.id,
+            object: "chat.completion",
+            created: self.header.created,
+            model: self.header.model,
+            choices: vec![Choice {
+                index: 0,
+                message: AssistantMessage {
+                    role: "assistant",
+                    content: completion.text.clone(),
+                },
+                finish_reason: completion.finish_reason.into(),
+                logprobs: None,
+            }],
+            usage: Usage::from(&completion),
+            sources: self.sources,
+        }))
+    }
+
+    fn stream(self, mut events: mpsc::Receiver<Event>, include_usage: bool) -> impl IntoResponse {
+        let (out, lines) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
+        let Answer {
+            header,
+            sources,
+            timeout,
+            mut watch,
+        } = self;
+        tokio::spawn(async move {
+            let send = |value: &ChatCompletionChunk| {
+                SseEvent::default().data(serde_json::to_string(value).unwrap_or_default())
+            };
+            let text = |content: Option<String>| Delta { role: None, content };
+            let mut first = header.chunk(
+                Delta {
+                    role: Some("assistant"),
+                    content: Some(String::new()),
+                },
+                None,
+            );
+            first.sources = Some(sources);
+            if out.send(Ok(send(&first))).await.is_err() {
+                return;
+            }
+            let forwarded = tokio::time::timeout(timeout, async {
+                while let Some(event) = events.recv().await {
+                    match event {
+                        Event::Text(piece) => {
+                            watch.text();
+                            if out
+                                .send(Ok(send(&header.chunk(text(Some(piece)), None))))
+                                .await
+                                .is_err()
+                            {
+                                return None; // the client left: dropping `events` stops the model
+                            }
+                        }
+                        Event::Done(completion) => {
+                            watch.done(&completion);
+                            return Some(Ok(completion));
+                        }
+                        Event::Failed(why) => return Some(Err(why)),
+                    }
                 }
+                Some(Err("the model thread ended without an answer".to_string()))
+            })
+            .await;
+            let failure = match forwarded {
+                Ok(Some(Ok(completion))) => {
+                    let last = header.chunk(text(None), Some(completion.finish_reason.into()));
+                    let _ = out.send(Ok(send(&last))).await;
+                    if include_usage {
+                        let mut usage = header.chunk(text(None), None);
+                        usage.choices.clear();
+                        usage.usage = Some(Usage::from(&completion));
+                        let _ = out.send(Ok(send(&usage))).await;
+                    }
+                    None
+                }
+                Ok(Some(Err(why))) => Some(why),
+                Ok(None) => return,
+                Err(_) => Some(format!(
+                    "no answer within {} s (ENGRAM_REQUEST_TIMEOUT_SECS)",
+                    timeout.as_secs()
+                )),
+            };
+            if let Some(why) = failure {
+                let error = ErrorResponse::new(why, "server_error", None);
+                let data = serde_json::to_string(&error).unwrap_or_default();
+                let _ = out.send(Ok(SseEvent::default().data(data))).await;
             }
-            Ok(Some(Err(why))) => {
-                let error = json!({ "error": { "message": why, "type": "server_error", "param": null, "code": null } });
-                let _ = out.send(Ok(send(error))).await;
-            }
-            Ok(None) => return,
-            Err(_) => {
-                let error = json!({ "error": { "message": "no answer in time", "type": "server_error", "param": null, "code": null } });
-                let _ = out.send(Ok(send(error))).await;
-            }
+            let _ = out.send(Ok(SseEvent::default().data("[DONE]"))).await;
+        });
+        Sse::new(ReceiverStream::new(lines)).keep_alive(KeepAlive::default())
+    }
+}
+
+impl From<rag::PromptError> for ApiError {
+    fn from(err: rag::PromptError) -> Self {
+        match err {
+            rag::PromptError::Model(err) => ApiError::internal(err),
+            other => ApiError::invalid("messages", other.to_string()),
         }
-        let _ = out.send(Ok(SseEvent::default().data("[DONE]"))).await;
-    });
-    Sse::new(ReceiverStream::new(lines)).keep_alive(KeepAlive::default())
+    }
 }

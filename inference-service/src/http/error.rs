@@ -3,7 +3,8 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 /// An error answered to a client.
 #[derive(Debug)]
@@ -28,6 +29,17 @@ impl ApiError {
             message: message.into(),
             kind: "invalid_request_error",
             param: Some(param),
+            retry_after: None,
+        }
+    }
+
+    /// A 400 about the body as a whole.
+    pub fn invalid_body(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: None,
             retry_after: None,
         }
     }
@@ -67,11 +79,44 @@ impl ApiError {
     }
 }
 
+/// OpenAI's error body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorResponse {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// What went wrong and what to do.
+    pub message: String,
+    /// `invalid_request_error`, `authentication_error`, `rate_limit_error` or `server_error`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The offending parameter, if one.
+    pub param: Option<String>,
+    /// Always null.
+    pub code: Option<String>,
+}
+
+impl ErrorResponse {
+    /// An error body.
+    pub fn new(message: impl Into<String>, kind: &str, param: Option<&str>) -> Self {
+        Self {
+            error: ErrorDetail {
+                message: message.into(),
+                kind: kind.to_string(),
+                param: param.map(str::to_string),
+                code: None,
+            },
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
-            "error": { "message": self.message, "type": self.kind, "param": self.param, "code": null }
-        });
+        let body = ErrorResponse::new(self.message, self.kind, self.param);
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after
             && let Ok(value) = HeaderValue::from_str(&seconds.to_string())

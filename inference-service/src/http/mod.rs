@@ -5,6 +5,8 @@ pub mod auth;
 pub mod chat;
 pub mod error;
 pub mod health;
+pub mod json;
+pub mod openapi;
 pub mod search;
 
 use std::sync::{Arc, RwLock};
@@ -33,10 +35,21 @@ pub struct AppState {
     pub served: Arc<RwLock<Arc<Served>>>,
     /// Default chunks per question.
     pub top_k: usize,
-    /// Cap on completion tokens.
-    pub max_completion_tokens: usize,
+    /// Per-request limits.
+    pub limits: Limits,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+}
+
+/// What one request may ask for.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most completion tokens.
+    pub max_completion_tokens: usize,
+    /// Most tokens of the client's conversation.
+    pub max_prompt_tokens: usize,
+    /// Longest a chat request may take.
+    pub request_timeout: std::time::Duration,
 }
 
 impl AppState {
@@ -57,6 +70,7 @@ async fn ui() -> axum::response::Html<&'static str> {
 /// The service's routes. `/v1` needs an API key when keys are configured; health, metrics and the
 /// page do not (the page asks for a key and sends it with its API calls).
 pub fn router(state: AppState, keys: Option<Arc<auth::ApiKeys>>, cors: CorsLayer, max_body_bytes: usize) -> Router {
+    let document = openapi::response(&state.limits, keys.is_some());
     let v1 = Router::new()
         .route("/v1/models", get(health::models))
         .route("/v1/search", post(search::search))
@@ -67,6 +81,7 @@ pub fn router(state: AppState, keys: Option<Arc<auth::ApiKeys>>, cors: CorsLayer
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::scrape))
+        .route("/openapi.json", get(move || std::future::ready(document)))
         .merge(v1)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(cors)

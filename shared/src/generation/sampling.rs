@@ -50,9 +50,15 @@ pub(super) struct Sampler {
     processor: LogitsProcessor,
 }
 
+/// Below this temperature sampling is greedy: it is the limit, and dividing logits by a tinier
+/// temperature overflows f32 and leaves nothing to sample from.
+const GREEDY_BELOW: f64 = 1e-3;
+
 pub(super) fn sampler(params: &GenerationParams) -> Sampler {
     let t = params.temperature;
-    let sampling = if t <= 0.0 {
+    // A nucleus smaller than any f32 probability keeps only the most likely token: greedy too.
+    let top_p = params.top_p;
+    let sampling = if t.is_nan() || t < GREEDY_BELOW || top_p.is_nan() || top_p < 1e-6 {
         Sampling::ArgMax
     } else {
         match (params.top_k > 0, params.top_p < 1.0) {
@@ -146,6 +152,32 @@ impl StopMatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tiny_temperature_samples_greedily_instead_of_failing() {
+        let logits = Tensor::new(&[1.0f32, 30.0, 2.0], &candle_core::Device::Cpu).unwrap();
+        for t in [0.0, 1e-275, 1e-6, f64::NAN] {
+            let params = GenerationParams {
+                temperature: t,
+                repetition_penalty: 1.0,
+                ..GenerationParams::default()
+            };
+            assert_eq!(
+                sampler(&params).next(&logits, &[], &params).unwrap(),
+                1,
+                "temperature {t}"
+            );
+        }
+        for p in [5e-324, 1e-9] {
+            let params = GenerationParams {
+                temperature: 0.7,
+                top_p: p,
+                repetition_penalty: 1.0,
+                ..GenerationParams::default()
+            };
+            assert_eq!(sampler(&params).next(&logits, &[], &params).unwrap(), 1, "top_p {p}");
+        }
+    }
 
     fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
         let mut matcher = StopMatcher::new(&stops.iter().map(|s| s.to_string()).collect::<Vec<_>>());

@@ -18,9 +18,9 @@ use serde_json::json;
 use tokio::sync::Mutex;
 use url::Url;
 
-use super::retry::{backoff, retry_after};
 use super::robots::{RobotsCache, Verdict};
 use super::{html, markdown, too_large};
+use crate::retry::{backoff, retry_after};
 
 /// How the crawler behaves.
 #[derive(Debug, Clone)]

@@ -14,7 +14,6 @@ pub mod markdown;
 pub mod notion_api;
 pub mod notion_blocks;
 pub mod notion_export;
-pub mod retry;
 pub mod robots;
 
 use std::sync::Arc;

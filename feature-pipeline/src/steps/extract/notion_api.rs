@@ -20,8 +20,8 @@ use tokio::sync::Mutex;
 
 use super::notion_blocks::{BlockNode, page_properties, page_title, render};
 use super::notion_export::{page_url, web_links};
-use super::retry::{backoff, retry_after};
 use super::{Problem, markdown};
+use crate::retry::{backoff, retry_after};
 
 /// The API version this client speaks.
 pub const NOTION_VERSION: &str = "2022-06-28";

@@ -1,7 +1,7 @@
 //! When to try a request again: exponential backoff with jitter, and the server's `Retry-After`.
 //!
-//! Shared by the crawler and the Notion API client, the two extractors that talk to servers which
-//! may be slow, overloaded or rate-limiting.
+//! Shared by everything that talks to servers which may be slow, overloaded or rate-limiting: the
+//! crawler, the Notion API client and the HTTP teacher.
 
 use std::time::Duration;
 

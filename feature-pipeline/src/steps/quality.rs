@@ -1,0 +1,244 @@
+//! The quality step: drops summaries that would teach the student the wrong thing, and counts why.
+//!
+//! Rules, in order (a summary is dropped by the first that fires):
+//! - `empty`: nothing, or under 20 characters;
+//! - `over_budget`: longer than the character budget the prompt asked for;
+//! - `copied`: mostly lifted from the source (the share of its word 8-grams found in the source);
+//! - `unfaithful`: its embedding is far from the source's (cosine below a threshold): it talks
+//!   about something else;
+//! - `near_duplicate`: almost the same words (3-gram Jaccard) as a kept summary of the same document;
+//! - `judge` (optional): the teacher, asked to rate faithfulness and coverage from 1 to 5, scored it
+//!   below the minimum.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use engram_shared::embedding::Embedder;
+use engram_shared::generation::{ChatMessage, Role};
+use indicatif::ProgressBar;
+use serde::{Deserialize, Serialize};
+
+use super::distil::Sample;
+use crate::teacher::{CachedTeacher, TeacherRequest};
+
+/// The step's name in the registry.
+pub const STEP: &str = "quality";
+
+/// Why a summary was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// Empty or nearly.
+    Empty,
+    /// Over the character budget.
+    OverBudget,
+    /// Copied from the source.
+    Copied,
+    /// Not about the source.
+    Unfaithful,
+    /// Near-duplicate of a sibling.
+    NearDuplicate,
+    /// Scored low by the judge.
+    Judge,
+}
+
+/// Thresholds.
+#[derive(Debug, Clone, Serialize)]
+pub struct QualitySettings {
+    /// The character budget (from the distil settings).
+    pub budget_chars: usize,
+    /// Largest share of the summary's word 8-grams that may appear in the source.
+    pub max_copied: f64,
+    /// Smallest cosine similarity between summary and source embeddings.
+    pub min_faithfulness: f32,
+    /// Largest word-3-gram Jaccard similarity with a kept sibling.
+    pub max_sibling_similarity: f64,
+    /// Ask the teacher to score each summary, and drop those under this score (1–5).
+    pub judge_min: Option<u8>,
+}
+
+/// A dropped summary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rejected {
+    /// Its document.
+    pub doc_id: String,
+    /// Its number.
+    pub sample: usize,
+    /// The rule that dropped it.
+    pub rule: Rule,
+    /// The measured value.
+    pub value: f64,
+}
+
+/// What the step kept and dropped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Checked {
+    /// The summaries that passed, in input order.
+    pub kept: Vec<Sample>,
+    /// The others.
+    pub rejected: Vec<Rejected>,
+    /// Sources longer than the embedding model reads (their faithfulness is judged on the start).
+    pub truncated_sources: usize,
+}
+
+impl Checked {
+    /// Dropped counts per rule.
+    pub fn counts(&self) -> BTreeMap<Rule, usize> {
+        let mut counts = BTreeMap::new();
+        for rejected in &self.rejected {
+            *counts.entry(rejected.rule).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+fn grams(words: &[String], n: usize) -> HashSet<String> {
+    words.windows(n).map(|w| w.join(" ")).collect()
+}
+
+/// Share of `summary`'s word 8-grams that occur in `source` (0 when it has none).
+pub fn copied_share(summary: &str, source: &str) -> f64 {
+    let summary = grams(&words(summary), 8);
+    if summary.is_empty() {
+        return 0.0;
+    }
+    let source = grams(&words(source), 8);
+    summary.iter().filter(|g| source.contains(*g)).count() as f64 / summary.len() as f64
+}
+
+/// Jaccard similarity of two texts' word 3-grams.
+pub fn similarity(a: &str, b: &str) -> f64 {
+    let (a, b) = (grams(&words(a), 3), grams(&words(b), 3));
+    if a.is_empty() && b.is_empty() {
+        return 1.0;
+    }
+    a.intersection(&b).count() as f64 / a.union(&b).count() as f64
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// The judge's question.
+fn judge_request(sample: &Sample) -> TeacherRequest {
+    let question = format!(
+        "Rate the summary of the document below from 1 (wrong or useless) to 5 (faithful and complete). \
+         Reply with the digit only.\n\n## Document\n{}\n\n## Summary\n{}",
+        sample.source_text, sample.answer
+    );
+    TeacherRequest {
+        messages: vec![
+            ChatMessage::new(Role::System, "You grade summaries strictly and reply with one digit."),
+            ChatMessage::new(Role::User, question),
+        ],
+        temperature: 0.0,
+        max_tokens: 4,
+        seed: 0,
+    }
+}
+
+/// Checks `samples` (sorted by document, then number).
+pub async fn run(
+    samples: Vec<Sample>,
+    settings: &QualitySettings,
+    embedder: Arc<Embedder>,
+    judge: Option<Arc<CachedTeacher>>,
+    progress: &ProgressBar,
+) -> anyhow::Result<Checked> {
+    progress.set_length(samples.len() as u64);
+    // One embedding per distinct source, one per summary.
+    let mut source_index: HashMap<String, usize> = HashMap::new();
+    let mut sources: Vec<String> = Vec::new();
+    for sample in &samples {
+        source_index.entry(sample.doc_id.clone()).or_insert_with(|| {
+            sources.push(format!("{}\n\n{}", sample.title, sample.source_text));
+            sources.len() - 1
+        });
+    }
+    let answers: Vec<String> = samples.iter().map(|s| s.answer.clone()).collect();
+    let model = embedder.clone();
+    let (source_vectors, answer_vectors, truncated_sources) = tokio::task::spawn_blocking(move || {
+        let sources = model.embed(&sources)?;
+        let answers = model.embed(&answers)?;
+        anyhow::Ok((sources.vectors, answers.vectors, sources.truncated.len()))
+    })
+    .await??;
+
+    let mut kept: Vec<Sample> = Vec::new();
+    let mut rejected = Vec::new();
+    for (i, sample) in samples.into_iter().enumerate() {
+        progress.inc(1);
+        let chars = sample.answer.chars().count();
+        let verdict = if chars < 20 {
+            Some((Rule::Empty, chars as f64))
+        } else if chars > settings.budget_chars {
+            Some((Rule::OverBudget, chars as f64))
+        } else {
+            // The prompt shows the title as a heading above the text: copying it counts too.
+            let shown = format!("{}\n{}", sample.title, sample.source_text);
+            let copied = copied_share(&sample.answer, &shown);
+            let faithfulness = cosine(&answer_vectors[i], &source_vectors[source_index[&sample.doc_id]]);
+            let sibling = kept
+                .iter()
+                .filter(|k| k.doc_id == sample.doc_id)
+                .map(|k| similarity(&k.answer, &sample.answer))
+                .fold(0.0, f64::max);
+            if copied > settings.max_copied {
+                Some((Rule::Copied, copied))
+            } else if faithfulness < settings.min_faithfulness {
+                Some((Rule::Unfaithful, f64::from(faithfulness)))
+            } else if sibling > settings.max_sibling_similarity {
+                Some((Rule::NearDuplicate, sibling))
+            } else {
+                None
+            }
+        };
+        let verdict = match (verdict, &judge, settings.judge_min) {
+            (None, Some(judge), Some(min)) => {
+                let reply = judge.ask(&judge_request(&sample)).await?;
+                let score = reply.text.chars().find_map(|c| c.to_digit(10)).unwrap_or(0) as u8;
+                (score < min).then_some((Rule::Judge, f64::from(score)))
+            }
+            (verdict, _, _) => verdict,
+        };
+        match verdict {
+            Some((rule, value)) => rejected.push(Rejected {
+                doc_id: sample.doc_id.clone(),
+                sample: sample.sample,
+                rule,
+                value,
+            }),
+            None => kept.push(sample),
+        }
+    }
+    Ok(Checked {
+        kept,
+        rejected,
+        truncated_sources,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copying_and_similarity_are_measured_on_words() {
+        let source =
+            "We took the early train from Lisbon Rossio to Sintra and walked up to the Pena palace before noon";
+        assert!(copied_share(source, source) > 0.99);
+        assert_eq!(
+            copied_share("A day trip to Sintra by train, with a morning walk to Pena.", source),
+            0.0
+        );
+        assert!(similarity("the cat sat on the mat", "the cat sat on the mat") > 0.99);
+        assert!(similarity("the cat sat on the mat", "a dog ran in the park") < 0.01);
+    }
+}

@@ -1,0 +1,50 @@
+"""A published dataset version through Hugging Face's own `datasets` library, with the summaries
+written by a real OpenAI-compatible teacher: engram's inference-service (retrieval turned off through
+ENGRAM_TEACHER_EXTRA_BODY), serving the base SmolLM2."""
+
+import json
+
+import datasets
+import pytest
+
+from helpers import ROOT, Service, clean_env, pipeline
+
+
+@pytest.fixture(scope="module")
+def teacher(corpus):
+    env, _ = corpus
+    server = Service(env)
+    yield server.base
+    assert server.stop() == 0
+
+
+def test_a_dataset_distilled_by_the_service_loads_with_datasets(teacher, tmp_path):
+    env = clean_env(tmp_path / "home")
+    pipeline(env, "extract", "files", "samples/notes")
+    pipeline(env, "filter")
+    out = pipeline(
+        env, "dataset",
+        "--teacher", "openai", "--teacher-url", f"{teacher}/v1", "--teacher-model", "engram",
+        "--teacher-extra-body", json.dumps({"retrieval": {"enabled": False}}),
+        "--summaries", "2", "--max-tokens", "40", "--max-document-chars", "800",
+    )
+    assert "dataset: v1" in out, out
+    listed = json.loads(pipeline(env, "datasets", "--json"))
+    version = listed[0]
+    assert version["lineage"]["teacher"] == "openai:engram"
+    export = tmp_path / "export"
+    pipeline(env, "datasets", "export", "1", str(export))
+
+    loaded = datasets.load_dataset(str(export))
+    rows = version["stats"]["rows"]
+    expected = {split: count for split, count in rows.items() if count > 0}
+    assert {split: loaded[split].num_rows for split in loaded} == expected
+    for split in loaded:
+        assert {"instruction", "answer", "doc_id", "title", "source"} <= set(loaded[split].column_names)
+    # By document: no document's summaries are in two splits.
+    owners = {}
+    for split in loaded:
+        for doc in loaded[split]["doc_id"]:
+            assert owners.setdefault(doc, split) == split, f"{doc} is in {owners[doc]} and {split}"
+    card = (export / "README.md").read_text()
+    assert "openai:engram" in card and "summarize-v1" in card
