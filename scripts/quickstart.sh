@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs engram on its embedded defaults: no server to install. Everything it stores goes under
-# ENGRAM_HOME (default ./.engram). Stages that later issues add say "not yet" instead of running.
-# Rerunning it is safe: extract writes only what changed.
+# ENGRAM_HOME (default ./.engram). The pipeline runs as `feature-pipeline run` over
+# samples/pipeline.toml; rerunning is safe and fast: unchanged steps are skipped.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,35 +27,20 @@ echo "==> storage (embedded defaults under $ENGRAM_HOME)"
 "$bin/feature-pipeline" status
 
 echo
-echo "==> extract: the sample Notion export and the sample site (samples/)"
-"$bin/feature-pipeline" extract notion "samples/notion-export"
-# The crawler fetches the web links of the notes (`extract crawl`); the sample's links point at
-# docs.engram.test, which the tests serve on 127.0.0.1. Here the same site is read from disk.
-"$bin/feature-pipeline" extract files samples/site/articles samples/site/composting-guide.html samples/site/notes
+echo "==> the pipeline, one recorded run (samples/pipeline.toml): extract → explore → filter → dataset → index → model"
+echo "    (the first run distils summaries with the local teacher: a few minutes; reruns skip unchanged steps)"
+"$bin/feature-pipeline" run --config samples/pipeline.toml
 
 echo
-echo "==> explore (HTML report with charts under $ENGRAM_HOME/reports/)"
-"$bin/feature-pipeline" explore
-
-echo
-echo "==> filter"
-"$bin/feature-pipeline" filter
-
-echo
-echo "==> index (chunk, embed, hybrid index, alias) and its retrieval quality"
-"$bin/feature-pipeline" index
+echo "==> what it made"
+"$bin/feature-pipeline" runs --limit 1
+"$bin/feature-pipeline" datasets
 "$bin/feature-pipeline" indexes
+"$bin/feature-pipeline" models list
+echo "retrieval on the sample questions:"
 "$bin/feature-pipeline" eval retrieval --questions samples/questions.tsv | tail -n 1
-
-echo
-echo "==> model: register the base SmolLM2 as version 1 and promote it"
-"$bin/feature-pipeline" models register models/SmolLM2-135M-Instruct.Q4_1.gguf --promote
-
-echo
-echo "==> later stages"
-for stage in "dataset (distil, qc, split, publish)" "train (fine-tune, register)"; do
-  echo "  $stage: not yet — its issue is open"
-done
+echo "explore report: $ENGRAM_HOME/reports/ (newest run)"
+echo "  train (fine-tune, register): not yet, its issue is open"
 
 addr="${ENGRAM_ADDR:-127.0.0.1:8080}"
 echo

@@ -228,6 +228,121 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::teacher::{Prices, Teacher, TeacherError, TeacherReply};
+
+    /// A stand-in for the judge LLM: scores by a rule it states, so the test knows the answers.
+    struct StrictJudge;
+
+    #[async_trait::async_trait]
+    impl Teacher for StrictJudge {
+        fn id(&self) -> &str {
+            "test:judge"
+        }
+
+        async fn ask(&self, request: &TeacherRequest) -> Result<TeacherReply, TeacherError> {
+            let question = &request.messages[1].content;
+            let summary = question.split("## Summary").nth(1).unwrap_or_default();
+            let text = if summary.contains("Pena palace") { "5" } else { "2" };
+            Ok(TeacherReply {
+                text: text.into(),
+                prompt_tokens: 1,
+                completion_tokens: 1,
+            })
+        }
+    }
+
+    fn sample(k: usize, answer: &str) -> Sample {
+        Sample {
+            doc_id: "doc".into(),
+            title: "Trip to Sintra".into(),
+            source: "file".into(),
+            url: "file:///sintra.md".into(),
+            sample: k,
+            temperature: 0.5,
+            instruction: "summarize".into(),
+            answer: answer.into(),
+            source_text: "We took the early train from Lisbon Rossio to Sintra and walked up to the Pena \
+                          palace before noon. Lunch was at a small place near the station."
+                .into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_rule_fires_on_its_own_case_and_the_judge_scores_the_rest() {
+        let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2");
+        if !models.exists() {
+            panic!("{} is missing: run scripts/fetch-models.sh", models.display());
+        }
+        let embedder = Arc::new(Embedder::load(&models, Default::default()).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let registry = engram_shared::registry::Registry::open_sqlite(&dir.path().join("r.sqlite"))
+            .await
+            .unwrap();
+        let judge = Arc::new(CachedTeacher::new(
+            Arc::new(StrictJudge),
+            registry,
+            Prices::default(),
+            1,
+        ));
+        let samples = vec![
+            sample(0, "Too short"),
+            sample(1, &"A day trip to Sintra by train. ".repeat(40)),
+            sample(
+                2,
+                "We took the early train from Lisbon Rossio to Sintra and walked up to the Pena palace",
+            ),
+            sample(
+                3,
+                "Quarterly revenue grew in the semiconductor segment while margins fell.",
+            ),
+            sample(
+                4,
+                "## Trip to Sintra\nAn early train from Lisbon, then a morning walk up to the Pena palace.",
+            ),
+            sample(
+                5,
+                "## Trip to Sintra\nAn early train from Lisbon, then a morning walk up to the Pena palace!",
+            ),
+            sample(
+                6,
+                "## Trip to Sintra\nBy train from Lisbon to Sintra; lunch near the station afterwards.",
+            ),
+        ];
+        let settings = QualitySettings {
+            budget_chars: 400,
+            max_copied: 0.7,
+            min_faithfulness: 0.45,
+            max_sibling_similarity: 0.85,
+            judge_min: Some(3),
+        };
+        let checked = run(
+            samples,
+            &settings,
+            embedder,
+            Some(judge.clone()),
+            &ProgressBar::hidden(),
+        )
+        .await
+        .unwrap();
+        let rules: Vec<(usize, Rule)> = checked.rejected.iter().map(|r| (r.sample, r.rule)).collect();
+        assert_eq!(
+            rules,
+            vec![
+                (0, Rule::Empty),
+                (1, Rule::OverBudget),
+                (2, Rule::Copied),
+                (3, Rule::Unfaithful),
+                (5, Rule::NearDuplicate),
+                (6, Rule::Judge),
+            ]
+        );
+        assert_eq!(checked.kept.iter().map(|s| s.sample).collect::<Vec<_>>(), vec![4]);
+        assert_eq!(
+            judge.spent().calls,
+            2,
+            "the judge sees only what passed the other rules"
+        );
+    }
 
     #[test]
     fn copying_and_similarity_are_measured_on_words() {
