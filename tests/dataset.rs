@@ -32,7 +32,7 @@ const TEACHER: [&str; 10] = [
     "--budget-chars",
     "600",
 ];
-const TEACHER_ID: &str = "local:SmolLM2-135M-Instruct.Q4_1:q8_0";
+const TEACHER_ID: &str = "local:SmolLM2-135M-Instruct.Q4_1:packed";
 
 fn model() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))

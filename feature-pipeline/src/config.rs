@@ -120,10 +120,9 @@ pub struct TeacherArgs {
     )]
     pub teacher_model_path: PathBuf,
 
-    /// How the local teacher holds its weights: q8_0 (default: 3x faster decoding than f32; its
-    /// answers differ slightly from the stored weights', which a teacher can afford), f32, f16,
-    /// q4_0 or as-stored.
-    #[arg(long, env = "ENGRAM_TEACHER_WEIGHTS", default_value = "q8_0")]
+    /// How the local teacher holds its weights: packed (default: the stored blocks in engram's
+    /// exact kernels), f32, or candle's q8_0, q4_0, f16 or as-stored.
+    #[arg(long, env = "ENGRAM_TEACHER_WEIGHTS", default_value = "packed")]
     pub teacher_weights: engram_shared::generation::WeightFormat,
 
     /// USD per million prompt tokens, for the run's cost estimate.

@@ -37,7 +37,7 @@ for threads in 1 2; do
     RAYON_NUM_THREADS=$threads "$bench" embed --batch "$batch" | tee -a "$results"
     "$venv/bin/python" scripts/bench/peers.py embed --threads "$threads" --batch "$batch" | tee -a "$results"
   done
-  for weights in q8_0 f32 as-stored; do
+  for weights in packed q8_0 f32 as-stored; do
     RAYON_NUM_THREADS=$threads "$bench" generate --weights "$weights" --prompt-out "$prompt" | tee -a "$results"
   done
   "$venv/bin/python" scripts/bench/peers.py generate --threads "$threads" --prompt "$prompt" | tee -a "$results"

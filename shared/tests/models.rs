@@ -48,7 +48,7 @@ fn embedder() -> &'static Embedder {
     EMBEDDER.get_or_init(|| Embedder::load(&models_dir().join("all-MiniLM-L6-v2"), EmbedderOptions::default()).unwrap())
 }
 
-/// The default generator: F32 weights, dequantized exactly from the file.
+/// The default generator: the stored blocks, in engram's exact kernels.
 fn generator() -> &'static Generator {
     static GENERATOR: OnceLock<Generator> = OnceLock::new();
     GENERATOR.get_or_init(|| Generator::load(&models_dir().join(GGUF), GeneratorOptions::default()).unwrap())
@@ -151,7 +151,7 @@ fn ask(generator: &Generator, question: &str, params: &GenerationParams) -> (Str
 fn greedy_generation_with_exact_weights_knows_the_capital_of_france() {
     assert_eq!(
         GeneratorOptions::default().weights,
-        WeightFormat::F32,
+        WeightFormat::Packed,
         "the default keeps the weights exact"
     );
     let params = GenerationParams {
@@ -180,6 +180,32 @@ fn f16_weights_answer_like_the_exact_ones() {
     };
     let (answer, _, _) = ask(&f16, "What is the capital of France?", &params);
     assert!(answer.contains("Paris"), "answer: {answer}");
+}
+
+#[test]
+fn packed_weights_answer_exactly_like_the_f32_ones() {
+    let packed = generator();
+    let f32 = Generator::load(
+        &models_dir().join(GGUF),
+        GeneratorOptions {
+            weights: WeightFormat::F32,
+        },
+    )
+    .unwrap();
+    let params = GenerationParams {
+        max_tokens: 48,
+        ..Default::default()
+    };
+    for question in [
+        "What is the capital of France?",
+        "Summarize in one sentence: we took the early train from Lisbon to Sintra and walked up to the Pena palace.",
+    ] {
+        let (expected, _, _) = ask(&f32, question, &params);
+        let (answer, pieces, _) = ask(packed, question, &params);
+        println!("packed: {answer}");
+        assert_eq!(answer, expected, "{question}");
+        assert!(pieces.len() > 1, "the answer streamed in pieces");
+    }
 }
 
 #[test]

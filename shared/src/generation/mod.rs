@@ -8,6 +8,8 @@
 
 pub mod chat_template;
 pub mod gguf_tokenizer;
+pub mod kernels;
+pub mod llama;
 mod sampling;
 pub mod weights;
 
@@ -141,9 +143,22 @@ pub struct GeneratorOptions {
     pub weights: WeightFormat,
 }
 
+/// The forward pass: candle's quantized llama (every format but `packed`), or engram's own over
+/// the stored blocks.
+enum Model {
+    Candle(ModelWeights),
+    Packed(llama::Llama),
+}
+
+/// One generation's model state: its own KV cache over the shared weights.
+enum State<'a> {
+    Candle(Box<ModelWeights>),
+    Packed(&'a llama::Llama, llama::Cache),
+}
+
 /// A loaded language model, shared across requests.
 pub struct Generator {
-    weights: ModelWeights,
+    model: Model,
     tokenizer: Tokenizer,
     template: ChatTemplate,
     stop_tokens: Vec<u32>,
@@ -196,9 +211,13 @@ impl Generator {
             .and_then(|v| v.to_u32().ok())
             .map_or(MAX_SEQ_LEN, |n| (n as usize).min(MAX_SEQ_LEN));
         let device = Device::Cpu;
-        let weights = match weights::convert(&content, &mut file, options.weights)? {
-            Some((converted, mut buffer)) => ModelWeights::from_gguf(converted, &mut buffer, &device)?,
-            None => ModelWeights::from_gguf(content, &mut file, &device)?,
+        let model = if options.weights == WeightFormat::Packed {
+            Model::Packed(llama::Llama::load(&content, &mut file, context_length)?)
+        } else {
+            Model::Candle(match weights::convert(&content, &mut file, options.weights)? {
+                Some((converted, mut buffer)) => ModelWeights::from_gguf(converted, &mut buffer, &device)?,
+                None => ModelWeights::from_gguf(content, &mut file, &device)?,
+            })
         };
         let mut stop_tokens: Vec<u32> = special.eos.into_iter().collect();
         for end_of_turn in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"] {
@@ -213,7 +232,7 @@ impl Generator {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         Ok(Generator {
-            weights,
+            model,
             tokenizer,
             template,
             stop_tokens,
@@ -280,7 +299,10 @@ impl Generator {
         let budget = params.max_tokens.min(self.context_length - prompt_tokens);
 
         // Shared weights, private KV cache: cloning copies reference-counted tensors only.
-        let mut model = self.weights.clone();
+        let mut state = match &self.model {
+            Model::Candle(weights) => State::Candle(Box::new(weights.clone())),
+            Model::Packed(llama) => State::Packed(llama, llama.cache()),
+        };
         let mut sampler = sampler(params);
         let mut stops = StopMatcher::new(&params.stop);
         let mut generated: Vec<u32> = Vec::new();
@@ -292,7 +314,15 @@ impl Generator {
         let started = Instant::now();
         let mut timings = Timings::default();
         while generated.len() < budget {
-            let logits = model.forward(&input, position)?.squeeze(0)?;
+            let logits = match &mut state {
+                State::Candle(model) => model.forward(&input, position)?.squeeze(0)?,
+                State::Packed(llama, cache) => {
+                    let fed = &tokens[position..];
+                    let logits = llama.forward(fed, cache)?;
+                    let count = logits.len();
+                    Tensor::from_vec(logits, count, &self.device)?
+                }
+            };
             position += input.dim(1)?;
             let next = sampler.next(&logits, &tokens, params)?;
             if position == prompt_tokens {
