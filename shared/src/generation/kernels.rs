@@ -115,22 +115,33 @@ impl Matrix {
         debug_assert_eq!(x.len(), self.cols());
         debug_assert_eq!(y.len(), self.rows());
         let sums = block_sums(x);
-        let rows_per_task = 64;
+        // About four tasks per thread, in whole groups of four rows: even work for small matrices too.
+        let rows_per_task = (self.rows() / (rayon::current_num_threads() * 4)).max(16) & !3;
         y.par_chunks_mut(rows_per_task).enumerate().for_each(|(task, out)| {
             let first = task * rows_per_task;
             let mut i = 0;
             // Four rows at a time share each load of x.
             #[cfg(target_arch = "x86_64")]
-            if let Matrix::Q4_1 { cols, data, .. } = self
-                && simd::available()
-            {
-                let per_row = cols / BLOCK * Q4_1_BYTES;
-                while i + 4 <= out.len() {
-                    let start = (first + i) * per_row;
-                    // SAFETY: AVX2/FMA/F16C are present; the slice holds four whole rows.
-                    let four = unsafe { simd::dot4_q4_1(&data[start..start + 4 * per_row], per_row, x, &sums) };
-                    out[i..i + 4].copy_from_slice(&four);
-                    i += 4;
+            if simd::available() {
+                let rows4: Option<(&[u8], usize, bool)> = match self {
+                    Matrix::Q4_1 { cols, data, .. } => Some((data, cols / BLOCK * Q4_1_BYTES, true)),
+                    Matrix::Q8_0 { cols, data, .. } => Some((data, cols / BLOCK * Q8_0_BYTES, false)),
+                    Matrix::F32 { .. } => None,
+                };
+                if let Some((data, per_row, q4)) = rows4 {
+                    while i + 4 <= out.len() {
+                        let rows = &data[(first + i) * per_row..(first + i + 4) * per_row];
+                        // SAFETY: AVX2/FMA/F16C are present; the slice holds four whole rows.
+                        let four = unsafe {
+                            if q4 {
+                                simd::dot4_q4_1(rows, per_row, x, &sums)
+                            } else {
+                                simd::dot4_q8_0(rows, per_row, x)
+                            }
+                        };
+                        out[i..i + 4].copy_from_slice(&four);
+                        i += 4;
+                    }
                 }
             }
             for (j, value) in out.iter_mut().enumerate().skip(i) {
@@ -334,6 +345,37 @@ mod simd {
                 sum8(acc[3]) + offset[3],
             ]
         }
+    }
+
+    /// [`dot_q8_0`] for four consecutive rows of `per_row` bytes each.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot4_q8_0(rows: &[u8], per_row: usize, x: &[f32]) -> [f32; 4] {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let blocks = per_row / Q8_0_BYTES;
+        for b in 0..blocks {
+            // SAFETY (whole loop): `x` has 32 floats from `b * 32`; each row has `blocks` blocks.
+            let xp = unsafe { x.as_ptr().add(b * BLOCK) };
+            let xs = unsafe {
+                [
+                    _mm256_loadu_ps(xp),
+                    _mm256_loadu_ps(xp.add(8)),
+                    _mm256_loadu_ps(xp.add(16)),
+                    _mm256_loadu_ps(xp.add(24)),
+                ]
+            };
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let block = &rows[r * per_row + b * Q8_0_BYTES..r * per_row + (b + 1) * Q8_0_BYTES];
+                let (d, _) = unsafe { scales(block) };
+                let qs = block.as_ptr().wrapping_add(2);
+                let mut s = _mm256_setzero_ps();
+                for (part, x) in xs.iter().enumerate() {
+                    let eight = unsafe { _mm_loadl_epi64(qs.add(part * 8) as *const __m128i) };
+                    s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(eight)), *x, s);
+                }
+                *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), s, *acc);
+            }
+        }
+        unsafe { [sum8(acc[0]), sum8(acc[1]), sum8(acc[2]), sum8(acc[3])] }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
