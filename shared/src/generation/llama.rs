@@ -226,7 +226,14 @@ impl Llama {
     }
 
     /// Runs `tokens` after the cache's positions; returns the logits of the last one.
+    ///
+    /// The pass runs on a thread of rayon's pool, so the 200-odd parallel products of a token are
+    /// shared out among the pool's threads without waking the caller's thread for each one.
     pub fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Vec<f32>> {
+        rayon::scope(|_| self.forward_in_pool(tokens, cache))
+    }
+
+    fn forward_in_pool(&self, tokens: &[u32], cache: &mut Cache) -> Result<Vec<f32>> {
         let n = tokens.len();
         let start = cache.positions;
         if start + n > self.max_positions {
