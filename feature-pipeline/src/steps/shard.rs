@@ -111,16 +111,14 @@ pub async fn record(
     input_hash: &str,
     work: impl Future<Output = anyhow::Result<ShardVectors>>,
 ) -> anyhow::Result<(usize, String)> {
-    let ((count, documents), hash) = run
+    let (vectors, hash) = run
         .json_step(&storage.artifacts, STEP, config, input_hash, false, async {
             let vectors = work.await?;
             let detail = json!({ "chunks": vectors.vectors.len(), "documents": vectors.documents });
             Ok((vectors, detail))
         })
-        .await
-        .map(|(v, hash)| ((v.vectors.len(), v.documents), hash))?;
-    let _ = documents;
-    Ok((count, hash))
+        .await?;
+    Ok((vectors.vectors.len(), hash))
 }
 
 /// Waits (up to `wait`) until all `count` shards of `input_hash` are recorded, then loads their
