@@ -35,9 +35,14 @@ def test_a_dataset_distilled_by_the_service_loads_with_datasets(teacher, tmp_pat
     export = tmp_path / "export"
     pipeline(env, "datasets", "export", "1", str(export))
 
-    loaded = datasets.load_dataset(str(export))
     rows = version["stats"]["rows"]
     expected = {split: count for split, count in rows.items() if count > 0}
+    written = {p.stem: len(p.read_text().splitlines()) for p in (export / "data").glob("*.jsonl")}
+    assert written == expected, f"the exported files hold {written} rows; the registry says {rows}"
+
+    # Its own cache under tmp_path: `datasets` keys a local file's cache by path and mtime, and a
+    # cache left by an earlier run at the same temporary path must not answer for this one.
+    loaded = datasets.load_dataset(str(export), cache_dir=str(tmp_path / "hf-cache"))
     assert {split: loaded[split].num_rows for split in loaded} == expected
     for split in loaded:
         assert {"instruction", "answer", "doc_id", "title", "source"} <= set(loaded[split].column_names)
