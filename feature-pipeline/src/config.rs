@@ -278,16 +278,30 @@ pub struct RunsArgs {
 /// The model commands.
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
-    /// Store a model file in the artifact store and record it as a new model version.
+    /// Store a model (GGUF file or HF-layout directory) in the artifact store and record it as a
+    /// new model version.
     Register(RegisterModelArgs),
     /// List model versions and which one is in production.
     List,
+    /// Write a GGUF model as an HF-layout directory (f32 safetensors, config, tokenizer, chat
+    /// template): the starting point a fine-tuning run trains from.
+    ExportHf(ExportHfArgs),
+}
+
+/// Options of `models export-hf`.
+#[derive(Debug, Args)]
+pub struct ExportHfArgs {
+    /// The llama-family GGUF file.
+    pub gguf: PathBuf,
+    /// A new or empty directory.
+    pub dir: PathBuf,
 }
 
 /// Options of `models register`.
 #[derive(Debug, Args)]
 pub struct RegisterModelArgs {
-    /// The model: a llama-family GGUF file.
+    /// The model: a llama-family GGUF file, or an HF-layout directory (config.json,
+    /// model.safetensors, tokenizer.json, tokenizer_config.json).
     pub path: PathBuf,
 
     /// Its name (default: the file name).

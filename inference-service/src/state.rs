@@ -3,7 +3,7 @@
 //! A request takes the current [`Served`] snapshot (an `Arc`) when it starts and keeps it until it
 //! ends, so a later swap never changes a request midway. Loading reads the registry: the model
 //! behind the `production` alias (downloaded from the artifact store by its sha256, which the
-//! download verifies) unless `--model` names a file, and the vector index's live version with its
+//! download verifies; an HF-layout model as the directory its manifest describes) unless `--model` names a file, and the vector index's live version with its
 //! manifest, which must name the embedding model this process loaded.
 
 use std::path::PathBuf;
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use engram_shared::embedding::Embedder;
 use engram_shared::generation::{Generator, GeneratorOptions};
-use engram_shared::registry::{AliasKind, MODEL_PRODUCTION};
+use engram_shared::registry::{AliasKind, HF_TREE_FORMAT, MODEL_FORMAT_HF, MODEL_PRODUCTION};
 use engram_shared::storage::Storage;
 use engram_shared::vectors::manifest::IndexManifest;
 
@@ -78,8 +78,15 @@ pub async fn load_model(
                 if let Some(dir) = file.parent() {
                     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
                 }
-                // The download is verified against the hash before it lands at `file`.
-                storage.artifacts.get_to_file(&model.spec.artifact_hash, &file).await?;
+                // Every download is verified against its hash, and lands at `file` only whole.
+                if model.spec.format == MODEL_FORMAT_HF {
+                    storage
+                        .artifacts
+                        .get_tree(&model.spec.artifact_hash, HF_TREE_FORMAT, &file)
+                        .await?;
+                } else {
+                    storage.artifacts.get_to_file(&model.spec.artifact_hash, &file).await?;
+                }
             }
             (file, Some(version), format!("{}-v{version}", model.spec.name))
         }

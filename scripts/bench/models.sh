@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Model benchmark: engram's candle models beside their peers, same machine, same run.
-#   embeddings: engram (candle BERT) vs sentence-transformers (torch CPU), batch 1/16/64
+#   embeddings: engram (its packed encoder, and candle's BERT) vs sentence-transformers (torch CPU),
+#               batch 1/16/64
 #   generation: engram (candle, SmolLM2 GGUF) vs llama.cpp (llama-cpp-python) on the same GGUF,
 #               150-token prompt, 128 new tokens, greedy
 # Each at 1 and 2 threads, each measurement in a fresh process (peak RSS). Writes the table into
@@ -34,7 +35,9 @@ bench="$(ls -t "$CARGO_TARGET_DIR"/release/deps/models-* | grep -v '\.d$' | head
 prompt="$out/prompt.txt"
 for threads in 1 2; do
   for batch in 1 16 64; do
-    RAYON_NUM_THREADS=$threads "$bench" embed --batch "$batch" | tee -a "$results"
+    for encoder in packed candle; do
+      RAYON_NUM_THREADS=$threads "$bench" embed --batch "$batch" --encoder "$encoder" | tee -a "$results"
+    done
     "$venv/bin/python" scripts/bench/peers.py embed --threads "$threads" --batch "$batch" | tee -a "$results"
   done
   for weights in packed q8_0 f32 as-stored; do

@@ -29,16 +29,18 @@ def main(results_path, doc_path):
     out = ["# Benchmarks", "", f"Machine: {machine()}.", "",
            "Run `scripts/bench/models.sh` (or `scripts/bench/all.sh`) to measure again; each row is a fresh process.", "",
            "## Embeddings: all-MiniLM-L6-v2, 64 sentences", "",
-           "| threads | batch | engram sentences/s | peer sentences/s | ratio | engram tokens/s | engram peak RSS MiB | peer peak RSS MiB |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| threads | batch | engram encoder | engram sentences/s | peer sentences/s | ratio | engram tokens/s | engram peak RSS MiB | peer peak RSS MiB |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in [r for r in embed if r["engine"] == "engram"]:
         peer = next((p for p in embed if p["engine"] != "engram" and p["threads"] == r["threads"] and p["batch"] == r["batch"]), None)
         ratio = f"{r['sentences_per_s'] / peer['sentences_per_s']:.2f}x" if peer else "n/a"
-        out.append(f"| {r['threads']} | {r['batch']} | {r['sentences_per_s']:.1f} | {peer['sentences_per_s']:.1f} | {ratio} | "
+        encoder = r.get("encoder", "candle")
+        out.append(f"| {r['threads']} | {r['batch']} | {encoder} | {r['sentences_per_s']:.1f} | {peer['sentences_per_s']:.1f} | {ratio} | "
                    f"{r['tokens_per_s']:.0f} | {r['peak_rss_mib']:.0f} | {peer['peak_rss_mib']:.0f} |" if peer else
-                   f"| {r['threads']} | {r['batch']} | {r['sentences_per_s']:.1f} | n/a | n/a | {r['tokens_per_s']:.0f} | {r['peak_rss_mib']:.0f} | n/a |")
+                   f"| {r['threads']} | {r['batch']} | {encoder} | {r['sentences_per_s']:.1f} | n/a | n/a | {r['tokens_per_s']:.0f} | {r['peak_rss_mib']:.0f} | n/a |")
     peers = sorted({p["engine"] for p in embed if p["engine"] != "engram"})
-    out += ["", f"Peer: {', '.join(peers)}.", "",
+    out += ["", f"Peer: {', '.join(peers)}. engram's default encoder is `packed` (its own, texts end to end without",
+            "padding); `candle` is candle's BertModel on batches padded to their longest text.", "",
             "## Generation: SmolLM2-135M-Instruct Q4_1 GGUF, greedy", "",
             "| threads | engram weights | prompt tokens | engram prompt tok/s | peer prompt tok/s | ratio | engram decode tok/s | peer decode tok/s | ratio | engram peak RSS MiB | peer peak RSS MiB |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -51,7 +53,8 @@ def main(results_path, doc_path):
                    f"{r['decode_tokens_per_s'] / peer['decode_tokens_per_s']:.2f}x | {r['peak_rss_mib']:.0f} | {peer['peak_rss_mib']:.0f} |")
     peers = sorted({p["engine"] for p in gen if p["engine"] != "engram"})
     out += ["", f"Peer: {', '.join(peers)}, on the same GGUF file as stored (Q4_1).", "",
-            "engram's default is `f32` (the stored weights, dequantized exactly). `q8_0` and `as-stored` use quantized",
+            "engram's default is `packed`: the stored Q4_1/Q8_0 blocks in engram's own kernels with f32 activations,",
+            "answering exactly as `f32` (all weights dequantized) does. `q8_0` and `as-stored` use candle's quantized",
             "kernels, which quantize activations to 8 bits as llama.cpp does; on this model that changes greedy answers",
             "(see README, Models). Ratios are engram / peer: above 1.0x engram is faster.", ""]
     with open(doc_path, "w") as f:

@@ -4,13 +4,13 @@
 //! weight format) beside the Python peers and writes the table to docs/BENCHMARKS.md. Peak RSS is
 //! the process's high-water mark, so each setting runs in a fresh process.
 //!
-//!   cargo bench -p engram-shared --bench models -- embed --batch 16 [--sentences 64]
+//!   cargo bench -p engram-shared --bench models -- embed --batch 16 [--sentences 64] [--encoder candle]
 //!   cargo bench -p engram-shared --bench models -- generate --weights q8_0 [--prompt-tokens 150 --new-tokens 128]
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use engram_shared::embedding::{Embedder, EmbedderOptions};
+use engram_shared::embedding::{Embedder, EmbedderOptions, Encoder};
 use engram_shared::generation::{ChatMessage, Flow, GenerationParams, Generator, GeneratorOptions, Role};
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
@@ -65,9 +65,20 @@ fn main() {
         Some("embed") => {
             let batch: usize = arg(&args, "--batch", "16").parse().expect("--batch N");
             let n: usize = arg(&args, "--sentences", "64").parse().expect("--sentences N");
+            let encoder = match arg(&args, "--encoder", "packed").as_str() {
+                "packed" => Encoder::Packed,
+                "candle" => Encoder::Candle,
+                other => panic!("--encoder {other}: packed or candle"),
+            };
             let load = Instant::now();
-            let embedder =
-                Embedder::load(&models.join("all-MiniLM-L6-v2"), EmbedderOptions::default()).expect("load embedder");
+            let embedder = Embedder::load(
+                &models.join("all-MiniLM-L6-v2"),
+                EmbedderOptions {
+                    encoder,
+                    ..Default::default()
+                },
+            )
+            .expect("load embedder");
             let load_s = load.elapsed().as_secs_f64();
             let texts = sentences(n);
             let tokens: usize = texts.iter().map(|t| embedder.count_tokens(t).unwrap()).sum();
@@ -79,7 +90,7 @@ fn main() {
             let secs = started.elapsed().as_secs_f64();
             println!(
                 "{}",
-                serde_json::json!({ "engine": "engram", "task": "embed", "threads": threads, "batch": batch,
+                serde_json::json!({ "engine": "engram", "task": "embed", "encoder": format!("{encoder:?}").to_lowercase(), "threads": threads, "batch": batch,
                   "sentences_per_s": n as f64 / secs, "tokens_per_s": tokens as f64 / secs, "load_s": load_s, "peak_rss_mib": peak_rss_mib() })
             );
         }
@@ -141,7 +152,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: models (embed --batch N [--sentences N] | generate [--weights q8_0] [--prompt-tokens N] [--new-tokens N])"
+                "usage: models (embed --batch N [--sentences N] [--encoder packed|candle] | generate [--weights q8_0] [--prompt-tokens N] [--new-tokens N])"
             );
             // `cargo bench` with no arguments runs a quick default of both.
             if args.iter().any(|a| a == "--bench") {

@@ -24,6 +24,7 @@ pub mod error;
 pub mod generation;
 pub mod hashing;
 pub mod registry;
+pub mod staged_dir;
 pub mod storage;
 pub mod time;
 pub mod vectors;

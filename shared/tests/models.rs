@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file::Content;
-use engram_shared::embedding::{Embedder, EmbedderOptions};
+use engram_shared::embedding::{Embedder, EmbedderOptions, Encoder};
 use engram_shared::generation::{
     ChatMessage, FinishReason, Flow, GenerationError, GenerationParams, Generator, GeneratorOptions, Role,
     WeightFormat, gguf_tokenizer,
@@ -64,26 +64,38 @@ fn embeddings_equal_sentence_transformers() {
         .map(|s| s.as_str().unwrap().to_string())
         .collect();
     let expected: Vec<Vec<f32>> = serde_json::from_value(reference["embeddings"].clone()).unwrap();
-    let embedder = embedder();
-    assert_eq!(embedder.dimension(), 384);
-    assert_eq!(embedder.max_tokens(), 256);
-    assert_eq!(embedder.model_id(), "all-MiniLM-L6-v2");
+    let candle = Embedder::load(
+        &models_dir().join("all-MiniLM-L6-v2"),
+        EmbedderOptions {
+            encoder: Encoder::Candle,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for (name, embedder) in [("packed (default)", embedder()), ("candle", &candle)] {
+        assert_eq!(embedder.dimension(), 384);
+        assert_eq!(embedder.max_tokens(), 256);
+        assert_eq!(embedder.model_id(), "all-MiniLM-L6-v2");
 
-    let got = embedder.embed(&sentences).unwrap();
-    let mut worst = 0f32;
-    for (g, e) in got.vectors.iter().zip(&expected) {
-        assert_eq!(g.len(), e.len());
-        for (a, b) in g.iter().zip(e) {
-            worst = worst.max((a - b).abs());
+        let got = embedder.embed(&sentences).unwrap();
+        let mut worst = 0f32;
+        for (g, e) in got.vectors.iter().zip(&expected) {
+            assert_eq!(g.len(), e.len());
+            for (a, b) in g.iter().zip(e) {
+                worst = worst.max((a - b).abs());
+            }
         }
+        println!("{name}: largest difference from sentence-transformers: {worst:e}");
+        assert!(
+            worst < 1e-4,
+            "{name}: embeddings differ from sentence-transformers by {worst}"
+        );
+        assert_eq!(
+            got.truncated,
+            vec![sentences.len() - 1],
+            "only the over-long sentence is truncated"
+        );
     }
-    println!("largest difference from sentence-transformers: {worst:e}");
-    assert!(worst < 1e-4, "embeddings differ from sentence-transformers by {worst}");
-    assert_eq!(
-        got.truncated,
-        vec![sentences.len() - 1],
-        "only the over-long sentence is truncated"
-    );
 }
 
 #[test]
@@ -355,4 +367,78 @@ fn one_loaded_model_serves_concurrent_requests() {
         let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         assert!(diff < 1e-5, "concurrent embeddings differ by {diff}");
     }
+}
+
+#[test]
+fn an_hf_layout_export_of_the_gguf_answers_like_the_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    let exported = dir.path().join("smollm2-hf");
+    engram_shared::generation::hf::export_gguf(&models_dir().join(GGUF), &exported).unwrap();
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(exported.join(file).exists(), "{file} written");
+    }
+    // Exporting again into the same, now full, directory is refused and leaves it whole.
+    let again = engram_shared::generation::hf::export_gguf(&models_dir().join(GGUF), &exported).unwrap_err();
+    assert!(again.to_string().contains("not empty"), "{again}");
+
+    let hf = Generator::load(&exported, GeneratorOptions::default()).unwrap();
+    assert_eq!(hf.model_id(), "smollm2-hf");
+    let gguf = generator();
+    let text = "Pena palace, 1842: the <|im_start|>user turn ends with <|im_end|>.";
+    assert_eq!(
+        hf.encode(text).unwrap(),
+        gguf.encode(text).unwrap(),
+        "the saved tokenizer is the GGUF's"
+    );
+    let messages = [ChatMessage::new(Role::User, "Hi")];
+    assert_eq!(
+        hf.render(&messages).unwrap(),
+        gguf.render(&messages).unwrap(),
+        "same chat template"
+    );
+    let params = GenerationParams {
+        max_tokens: 48,
+        ..Default::default()
+    };
+    let (answer, _, finish) = ask(&hf, "What is the capital of France?", &params);
+    let (expected, _, _) = ask(gguf, "What is the capital of France?", &params);
+    assert_eq!(answer, expected);
+    assert!(answer.contains("Paris"), "{answer}");
+    assert_eq!(finish, FinishReason::Stop, "the exported end-of-turn token stops it");
+
+    // A quantized format is a GGUF matter: asked of a directory, it is refused by name.
+    let q8 = Generator::load(
+        &exported,
+        GeneratorOptions {
+            weights: WeightFormat::Q8_0,
+        },
+    )
+    .unwrap_err();
+    assert!(q8.to_string().contains("q8_0"), "{q8}");
+}
+
+#[test]
+fn a_directory_that_is_not_a_llama_checkpoint_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = Generator::load(dir.path(), GeneratorOptions::default()).unwrap_err();
+    assert!(empty.to_string().contains("no config.json"), "{empty}");
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"architectures": ["BertModel"], "model_type": "bert", "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12}"#,
+    )
+    .unwrap();
+    let bert = Generator::load(dir.path(), GeneratorOptions::default()).unwrap_err();
+    assert!(bert.to_string().contains("llama-family"), "{bert}");
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4}"#,
+    )
+    .unwrap();
+    let weightless = Generator::load(dir.path(), GeneratorOptions::default()).unwrap_err();
+    assert!(weightless.to_string().contains("no model.safetensors"), "{weightless}");
 }

@@ -1,16 +1,19 @@
-//! `feature-pipeline models register|list`: model versions in the registry.
+//! `feature-pipeline models register|list|export-hf`: model versions in the registry.
 //!
-//! Registering stores the model file in the artifact store by its sha256 and records a model
+//! Registering stores the model in the artifact store — a GGUF file by its sha256, an HF-layout
+//! directory as a tree of files under a manifest (`artifacts/tree.rs`) — and records a model
 //! version with its lineage; `--promote` points the `production` alias at it, which is how the
 //! inference service learns what to serve. Registering the same file again returns its version.
 
 use anyhow::{Context, Result};
 use engram_shared::config::StorageConfig;
-use engram_shared::registry::{AliasKind, MODEL_PRODUCTION, NewModelVersion};
+use engram_shared::registry::{
+    AliasKind, HF_TREE_FORMAT, MODEL_FORMAT_GGUF, MODEL_FORMAT_HF, MODEL_PRODUCTION, NewModelVersion,
+};
 use engram_shared::storage::Storage;
 use serde_json::json;
 
-use crate::config::{ModelsCommand, RegisterModelArgs};
+use crate::config::{ExportHfArgs, ModelsCommand, RegisterModelArgs};
 
 /// Runs `models`.
 pub async fn run(config: &StorageConfig, command: &ModelsCommand) -> Result<()> {
@@ -18,17 +21,35 @@ pub async fn run(config: &StorageConfig, command: &ModelsCommand) -> Result<()> 
     match command {
         ModelsCommand::Register(args) => register(&storage, args).await,
         ModelsCommand::List => list(&storage).await,
+        ModelsCommand::ExportHf(args) => export_hf(args).await,
     }
+}
+
+async fn export_hf(args: &ExportHfArgs) -> Result<()> {
+    let (gguf, dir) = (args.gguf.clone(), args.dir.clone());
+    tokio::task::spawn_blocking(move || engram_shared::generation::hf::export_gguf(&gguf, &dir))
+        .await?
+        .with_context(|| format!("cannot export {}", args.gguf.display()))?;
+    println!(
+        "wrote {} (HF layout, f32); register it with `feature-pipeline models register {}`",
+        args.dir.display(),
+        args.dir.display()
+    );
+    Ok(())
 }
 
 pub async fn register(storage: &Storage, args: &RegisterModelArgs) -> Result<()> {
     let path = &args.path;
-    let format = match path.extension().and_then(|e| e.to_str()) {
-        Some("gguf") => "gguf",
-        _ => anyhow::bail!(
-            "{} is not a .gguf file: register a llama-family GGUF (scripts/fetch-models.sh fetches SmolLM2)",
-            path.display()
-        ),
+    let format = if path.is_dir() {
+        MODEL_FORMAT_HF
+    } else {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("gguf") => MODEL_FORMAT_GGUF,
+            _ => anyhow::bail!(
+                "{} is neither a .gguf file nor a directory: register a llama-family GGUF (scripts/fetch-models.sh fetches SmolLM2) or an HF-layout model directory",
+                path.display()
+            ),
+        }
     };
     // Refuse what the service could not load, before anything is stored.
     let check = path.clone();
@@ -37,7 +58,11 @@ pub async fn register(storage: &Storage, args: &RegisterModelArgs) -> Result<()>
     })
     .await?
     .with_context(|| format!("{} cannot be served", path.display()))?;
-    let hash = storage.artifacts.put_file(path).await?;
+    let hash = if format == MODEL_FORMAT_HF {
+        storage.artifacts.put_dir(HF_TREE_FORMAT, path).await?
+    } else {
+        storage.artifacts.put_file(path).await?
+    };
     let existing = storage
         .registry
         .models()

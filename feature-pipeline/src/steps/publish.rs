@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use engram_shared::artifacts::ArtifactStore;
-use serde::{Deserialize, Serialize};
+use engram_shared::artifacts::tree::{self, Manifest};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::split::{SPLITS, Splits};
@@ -21,24 +22,6 @@ pub const STEP: &str = "publish";
 
 /// The manifest format written by this build.
 pub const FORMAT: &str = "engram-dataset/1";
-
-/// A published dataset's files, by path, with their hashes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
-    /// Always [`FORMAT`].
-    pub format: String,
-    /// Path in the directory → sha256 and size.
-    pub files: BTreeMap<String, FileEntry>,
-}
-
-/// One file of a dataset.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FileEntry {
-    /// sha256 of its bytes (its artifact hash).
-    pub sha256: String,
-    /// Its size.
-    pub bytes: u64,
-}
 
 /// A row as published.
 #[derive(Debug, Serialize)]
@@ -123,70 +106,24 @@ fn card(splits: &Splits, lineage: &Value, stats: &Value, prompt_text: &str) -> S
     )
 }
 
-/// Stores `files` and their manifest; returns the manifest's hash.
+/// Stores `files` and their manifest (`artifacts/tree.rs`); returns the manifest's hash.
 pub async fn store(artifacts: &ArtifactStore, files: &BTreeMap<String, Vec<u8>>) -> anyhow::Result<String> {
-    let mut manifest = Manifest {
-        format: FORMAT.into(),
-        files: BTreeMap::new(),
-    };
-    for (path, bytes) in files {
-        let sha256 = artifacts.put(bytes.clone()).await?;
-        manifest.files.insert(
-            path.clone(),
-            FileEntry {
-                sha256,
-                bytes: bytes.len() as u64,
-            },
-        );
-    }
-    // The manifest goes last: it names only files already stored.
-    Ok(artifacts.put(serde_json::to_vec_pretty(&manifest)?).await?)
+    let files = files
+        .iter()
+        .map(|(path, bytes)| (path.clone(), tree::Content::Bytes(bytes.clone())))
+        .collect();
+    Ok(artifacts.put_tree(FORMAT, &files).await?)
 }
 
 /// Reads the manifest `hash` names.
 pub async fn manifest(artifacts: &ArtifactStore, hash: &str) -> anyhow::Result<Manifest> {
-    let bytes = artifacts.get(hash).await?;
-    let manifest: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|e| anyhow::anyhow!("artifact {hash} is not a dataset manifest: {e}"))?;
-    if manifest.format != FORMAT {
-        anyhow::bail!(
-            "dataset manifest {hash} has format {:?}; this build reads {FORMAT}",
-            manifest.format
-        );
-    }
-    Ok(manifest)
+    Ok(artifacts.tree(hash, FORMAT).await?)
 }
 
-/// Writes the dataset `hash` names into `dir`, which must not exist or be empty. The files are
-/// written to a sibling staging directory first and moved into place at the end: an interrupted
+/// Writes the dataset `hash` names into `dir`, which must not exist or be empty; an interrupted
 /// export leaves no half-written dataset at `dir`.
 pub async fn export(artifacts: &ArtifactStore, hash: &str, dir: &Path) -> anyhow::Result<Manifest> {
-    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-        anyhow::bail!("{} is not empty: export into a new or empty directory", dir.display());
-    }
-    let manifest = manifest(artifacts, hash).await?;
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
-    let staging = tempfile::Builder::new().prefix(".engram-export-").tempdir_in(parent)?;
-    for (path, entry) in &manifest.files {
-        if path.split('/').any(|part| part == ".." || part.is_empty()) {
-            anyhow::bail!("dataset manifest {hash} names an unsafe path {path:?}");
-        }
-        let target = staging.path().join(path);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        artifacts.get_to_file(&entry.sha256, &target).await?;
-    }
-    if dir.exists() {
-        std::fs::remove_dir(dir)?;
-    }
-    let staged = staging.keep();
-    std::fs::rename(&staged, dir)?;
-    Ok(manifest)
+    Ok(artifacts.get_tree(hash, FORMAT, dir).await?)
 }
 
 /// Lineage and statistics as the registry and the card record them.

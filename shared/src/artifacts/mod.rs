@@ -5,6 +5,8 @@
 //! produce the same bytes store them once. Built on the `object_store` crate: a local directory is
 //! the embedded default, any S3-compatible store the production backend.
 
+pub mod tree;
+
 use std::path::Path as FsPath;
 use std::sync::Arc;
 use std::time::Duration;

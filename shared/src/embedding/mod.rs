@@ -1,14 +1,18 @@
-//! Text embeddings: a BERT-family sentence-transformers model run with candle.
+//! Text embeddings: a BERT-family sentence-transformers model, on CPU.
 //!
 //! The pipeline embeds chunks and the service embeds questions with the same [`Embedder`], so the
 //! vectors meet in the index. It reproduces sentence-transformers: the model's tokenizer truncated
 //! at `max_seq_length`, mean pooling over real tokens, L2 normalisation. Texts are batched by a token
-//! budget after sorting by length, so a batch pads only to its own longest text.
+//! budget after sorting by length. Two encoders read the same weights (loaded by candle): engram's
+//! own packed encoder (`bert.rs`, the default: no padding at all, one gemm per layer over every
+//! token) and candle's `BertModel` (padded to each batch's longest text), kept as the reference.
 
 mod batching;
+pub mod bert;
 
 use std::path::{Path, PathBuf};
 
+use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
@@ -32,6 +36,9 @@ pub enum EmbeddingError {
     /// The tokenizer failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// The weights do not make the model the config describes.
+    #[error("embedding model weights: {0}. Pass a BERT-family sentence-transformers directory")]
+    Weights(String),
     /// candle failed while running the model.
     #[error("embedding model: {0}")]
     Model(#[from] candle_core::Error),
@@ -39,17 +46,38 @@ pub enum EmbeddingError {
 
 type Result<T> = std::result::Result<T, EmbeddingError>;
 
+/// Which encoder runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encoder {
+    /// engram's packed encoder (`bert.rs`): texts end to end, no padding.
+    #[default]
+    Packed,
+    /// candle's `BertModel` on padded batches: the reference.
+    Candle,
+}
+
 /// Tuning of an [`Embedder`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EmbedderOptions {
-    /// Most tokens (padded length × texts) in one forward pass.
+    /// Most tokens (longest length × texts) in one forward pass.
     pub batch_tokens: usize,
+    /// The encoder.
+    pub encoder: Encoder,
 }
 
 impl Default for EmbedderOptions {
     fn default() -> Self {
-        EmbedderOptions { batch_tokens: 8192 }
+        EmbedderOptions {
+            batch_tokens: 8192,
+            encoder: Encoder::default(),
+        }
     }
+}
+
+/// The loaded encoder.
+enum Model {
+    Packed(bert::Bert),
+    Candle(Box<BertModel>),
 }
 
 /// Vectors for a list of texts, in the order given.
@@ -63,7 +91,7 @@ pub struct Embeddings {
 
 /// A loaded sentence-embedding model. Load once and share: `embed` takes `&self`.
 pub struct Embedder {
-    model: BertModel,
+    model: Model,
     tokenizer: Tokenizer,
     device: Device,
     model_id: String,
@@ -141,14 +169,29 @@ impl Embedder {
             });
         }
         let device = Device::Cpu;
-        // SAFETY: the weights file is memory-mapped read-only; engram never writes model files in place.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device)? };
-        let model = BertModel::load(vb, &config).or_else(|_| {
-            // Some exports prefix every tensor with the architecture name.
-            // SAFETY: as above.
-            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device)? };
-            BertModel::load(vb.pp("bert"), &config)
-        })?;
+        let model = match options.encoder {
+            Encoder::Packed => {
+                let shape: bert::BertShape =
+                    serde_json::from_value(config_json.clone()).map_err(|e| EmbeddingError::Files {
+                        path: config_path.clone(),
+                        reason: format!("not a BERT config: {e}"),
+                    })?;
+                // SAFETY: the weights file is memory-mapped read-only; engram never writes model
+                // files in place, and the encoder copies the tensors out.
+                let tensors = unsafe { MmapedSafetensors::new(&weights)? };
+                Model::Packed(bert::Bert::load(&tensors, &shape)?)
+            }
+            Encoder::Candle => {
+                // SAFETY: as above.
+                let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device)? };
+                Model::Candle(Box::new(BertModel::load(vb, &config).or_else(|_| {
+                    // Some exports prefix every tensor with the architecture name.
+                    // SAFETY: as above.
+                    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device)? };
+                    BertModel::load(vb.pp("bert"), &config)
+                })?))
+            }
+        };
         let model_id = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -219,8 +262,19 @@ impl Embedder {
         Ok(Embeddings { vectors, truncated })
     }
 
-    /// Runs one padded batch and pools it.
+    /// Runs one batch and pools it.
     fn forward(&self, batch: &[&Encoding]) -> Result<Vec<Vec<f32>>> {
+        match &self.model {
+            Model::Packed(bert) => {
+                let texts: Vec<(&[u32], &[u32])> = batch.iter().map(|e| (e.get_ids(), e.get_type_ids())).collect();
+                bert.embed(&texts)
+            }
+            Model::Candle(model) => self.forward_padded(model, batch),
+        }
+    }
+
+    /// Runs one batch padded to its longest text through candle's `BertModel`, and pools it.
+    fn forward_padded(&self, model: &BertModel, batch: &[&Encoding]) -> Result<Vec<Vec<f32>>> {
         let width = batch.iter().map(|e| e.len()).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(batch.len() * width);
         let mut types = Vec::with_capacity(batch.len() * width);
@@ -241,7 +295,7 @@ impl Embedder {
         let ids = Tensor::from_vec(ids, shape, &self.device)?;
         let types = Tensor::from_vec(types, shape, &self.device)?;
         let mask = Tensor::from_vec(mask, shape, &self.device)?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        let hidden = model.forward(&ids, &types, Some(&mask))?;
         // Mean over real tokens, then L2: what sentence-transformers' Pooling + Normalize do.
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;

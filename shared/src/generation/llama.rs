@@ -54,6 +54,127 @@ pub struct Cache {
     positions: usize,
 }
 
+/// The shape of a llama-family model, as its file declares it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shape {
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `heads`).
+    pub kv_heads: usize,
+    /// Hidden size.
+    pub dim: usize,
+    /// RMS norm epsilon.
+    pub eps: f32,
+    /// RoPE frequency base.
+    pub rope_base: f32,
+}
+
+/// One tensor of the model, named independently of the file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Token embedding (`vocab x dim`).
+    Embedding,
+    /// Layer `i`'s attention RMS norm.
+    AttnNorm(usize),
+    /// Layer `i`'s query projection (rows in GGUF's interleaved-RoPE order).
+    Q(usize),
+    /// Layer `i`'s key projection (rows in GGUF's interleaved-RoPE order).
+    K(usize),
+    /// Layer `i`'s value projection.
+    V(usize),
+    /// Layer `i`'s attention output projection.
+    O(usize),
+    /// Layer `i`'s MLP RMS norm.
+    FfnNorm(usize),
+    /// Layer `i`'s MLP gate projection.
+    Gate(usize),
+    /// Layer `i`'s MLP up projection.
+    Up(usize),
+    /// Layer `i`'s MLP down projection.
+    Down(usize),
+    /// The final RMS norm.
+    Norm,
+    /// The output projection (absent when tied to the embedding).
+    Output,
+}
+
+impl Part {
+    /// Every tensor of a model with `layers` blocks, the output projection last.
+    pub fn all(layers: usize) -> Vec<Part> {
+        let mut parts = vec![Part::Embedding];
+        for i in 0..layers {
+            parts.extend([
+                Part::AttnNorm(i),
+                Part::Q(i),
+                Part::K(i),
+                Part::V(i),
+                Part::O(i),
+                Part::FfnNorm(i),
+                Part::Gate(i),
+                Part::Up(i),
+                Part::Down(i),
+            ]);
+        }
+        parts.extend([Part::Norm, Part::Output]);
+        parts
+    }
+
+    /// The tensor's name in a GGUF file.
+    pub fn gguf_name(self) -> String {
+        let block = |i: usize, part: &str| format!("blk.{i}.{part}.weight");
+        match self {
+            Part::Embedding => "token_embd.weight".into(),
+            Part::AttnNorm(i) => block(i, "attn_norm"),
+            Part::Q(i) => block(i, "attn_q"),
+            Part::K(i) => block(i, "attn_k"),
+            Part::V(i) => block(i, "attn_v"),
+            Part::O(i) => block(i, "attn_output"),
+            Part::FfnNorm(i) => block(i, "ffn_norm"),
+            Part::Gate(i) => block(i, "ffn_gate"),
+            Part::Up(i) => block(i, "ffn_up"),
+            Part::Down(i) => block(i, "ffn_down"),
+            Part::Norm => "output_norm.weight".into(),
+            Part::Output => "output.weight".into(),
+        }
+    }
+
+    /// The tensor's name in a transformers checkpoint (`LlamaForCausalLM`).
+    pub fn hf_name(self) -> String {
+        let layer = |i: usize, part: &str| format!("model.layers.{i}.{part}.weight");
+        match self {
+            Part::Embedding => "model.embed_tokens.weight".into(),
+            Part::AttnNorm(i) => layer(i, "input_layernorm"),
+            Part::Q(i) => layer(i, "self_attn.q_proj"),
+            Part::K(i) => layer(i, "self_attn.k_proj"),
+            Part::V(i) => layer(i, "self_attn.v_proj"),
+            Part::O(i) => layer(i, "self_attn.o_proj"),
+            Part::FfnNorm(i) => layer(i, "post_attention_layernorm"),
+            Part::Gate(i) => layer(i, "mlp.gate_proj"),
+            Part::Up(i) => layer(i, "mlp.up_proj"),
+            Part::Down(i) => layer(i, "mlp.down_proj"),
+            Part::Norm => "model.norm.weight".into(),
+            Part::Output => "lm_head.weight".into(),
+        }
+    }
+
+    /// Whether the part is a vector (a norm's weight) rather than a matrix.
+    pub fn is_vector(self) -> bool {
+        matches!(self, Part::AttnNorm(_) | Part::FfnNorm(_) | Part::Norm)
+    }
+}
+
+/// Where a model's tensors come from: a GGUF file or an HF-layout directory.
+pub trait Source {
+    /// Whether the model has `part` (only [`Part::Output`] may be missing: tied to the embedding).
+    fn has(&self, part: Part) -> bool;
+    /// A matrix, in the layout the file keeps it in where the kernels run that layout.
+    fn matrix(&mut self, part: Part) -> Result<Matrix>;
+    /// A vector, as f32.
+    fn vector(&mut self, part: Part) -> Result<Vec<f32>>;
+}
+
 fn metadata_u32(content: &Content, key: &str) -> Result<usize> {
     content
         .metadata
@@ -71,49 +192,131 @@ fn metadata_f32(content: &Content, key: &str, default: f32) -> f32 {
         .unwrap_or(default)
 }
 
-fn matrix(content: &Content, file: &mut File, name: &str) -> Result<Matrix> {
-    let info = content
-        .tensor_infos
-        .get(name)
-        .ok_or_else(|| GenerationError::Format(format!("the GGUF lacks tensor {name}")))?;
-    let dims = info.shape.dims();
-    let (rows, cols) = match dims {
-        [rows, cols] => (*rows, *cols),
-        _ => return Err(GenerationError::Format(format!("{name} is not a matrix: {dims:?}"))),
-    };
-    let raw = |bytes: usize, file: &mut File| -> Result<Vec<u8>> {
-        let mut data = vec![0u8; bytes];
-        file.seek(SeekFrom::Start(content.tensor_data_offset + info.offset))
-            .and_then(|_| file.read_exact(&mut data))
-            .map_err(|e| GenerationError::Format(format!("cannot read {name}: {e}")))?;
-        Ok(data)
-    };
-    Ok(match info.ggml_dtype {
-        GgmlDType::Q4_1 if cols % 32 == 0 => Matrix::Q4_1 {
-            rows,
-            cols,
-            data: raw(rows * cols / 32 * 20, file)?,
-        },
-        GgmlDType::Q8_0 if cols % 32 == 0 => Matrix::Q8_0 {
-            rows,
-            cols,
-            data: raw(rows * cols / 32 * 34, file)?,
-        },
-        _ => {
-            // Any other type: dequantized once, exactly, by candle.
-            let tensor = content.tensor(file, name, &Device::Cpu)?.dequantize(&Device::Cpu)?;
-            Matrix::F32 {
-                rows,
-                cols,
-                data: tensor.flatten_all()?.to_vec1::<f32>()?,
-            }
-        }
+/// The shape a llama-family GGUF declares.
+pub fn gguf_shape(content: &Content) -> Result<Shape> {
+    let heads = metadata_u32(content, "llama.attention.head_count")?;
+    Ok(Shape {
+        layers: metadata_u32(content, "llama.block_count")?,
+        heads,
+        kv_heads: metadata_u32(content, "llama.attention.head_count_kv").unwrap_or(heads),
+        dim: metadata_u32(content, "llama.embedding_length")?,
+        eps: metadata_f32(content, "llama.attention.layer_norm_rms_epsilon", 1e-5),
+        rope_base: metadata_f32(content, "llama.rope.freq_base", 10_000.0),
     })
 }
 
-fn vector(content: &Content, file: &mut File, name: &str) -> Result<Vec<f32>> {
-    let tensor = content.tensor(file, name, &Device::Cpu)?.dequantize(&Device::Cpu)?;
-    Ok(tensor.flatten_all()?.to_vec1::<f32>()?)
+/// A GGUF file's tensors: Q4_1 and Q8_0 blocks as stored, anything else dequantized by candle.
+pub struct GgufSource<'a> {
+    /// The parsed header.
+    pub content: &'a Content,
+    /// The file it came from.
+    pub file: &'a mut File,
+}
+
+impl Source for GgufSource<'_> {
+    fn has(&self, part: Part) -> bool {
+        self.content.tensor_infos.contains_key(&part.gguf_name())
+    }
+
+    fn matrix(&mut self, part: Part) -> Result<Matrix> {
+        let name = part.gguf_name();
+        let (content, file) = (self.content, &mut *self.file);
+        let info = content
+            .tensor_infos
+            .get(&name)
+            .ok_or_else(|| GenerationError::Format(format!("the GGUF lacks tensor {name}")))?;
+        let dims = info.shape.dims();
+        let (rows, cols) = match dims {
+            [rows, cols] => (*rows, *cols),
+            _ => return Err(GenerationError::Format(format!("{name} is not a matrix: {dims:?}"))),
+        };
+        let raw = |bytes: usize, file: &mut File| -> Result<Vec<u8>> {
+            let mut data = vec![0u8; bytes];
+            file.seek(SeekFrom::Start(content.tensor_data_offset + info.offset))
+                .and_then(|_| file.read_exact(&mut data))
+                .map_err(|e| GenerationError::Format(format!("cannot read {name}: {e}")))?;
+            Ok(data)
+        };
+        Ok(match info.ggml_dtype {
+            GgmlDType::Q4_1 if cols % 32 == 0 => Matrix::Q4_1 {
+                rows,
+                cols,
+                data: raw(rows * cols / 32 * 20, file)?,
+            },
+            GgmlDType::Q8_0 if cols % 32 == 0 => Matrix::Q8_0 {
+                rows,
+                cols,
+                data: raw(rows * cols / 32 * 34, file)?,
+            },
+            _ => {
+                // Any other type: dequantized once, exactly, by candle.
+                let tensor = content.tensor(file, &name, &Device::Cpu)?.dequantize(&Device::Cpu)?;
+                Matrix::F32 {
+                    rows,
+                    cols,
+                    data: tensor.flatten_all()?.to_vec1::<f32>()?,
+                }
+            }
+        })
+    }
+
+    fn vector(&mut self, part: Part) -> Result<Vec<f32>> {
+        let tensor = self
+            .content
+            .tensor(self.file, &part.gguf_name(), &Device::Cpu)?
+            .dequantize(&Device::Cpu)?;
+        Ok(tensor.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+/// Refuses a model whose tensors do not fit `shape` (a truncated or mislabelled checkpoint) before
+/// it can index out of bounds while generating.
+fn check_shapes(
+    shape: &Shape,
+    embedding: &Matrix,
+    layers: &[Layer],
+    norm: &[f32],
+    output: Option<&Matrix>,
+) -> Result<()> {
+    let dim = shape.dim;
+    let kv_dim = dim / shape.heads * shape.kv_heads;
+    let mismatch = |part: Part, found: String, wanted: String| {
+        Err(GenerationError::Format(format!(
+            "{} is {found}, but the model's shape needs {wanted}",
+            part.gguf_name()
+        )))
+    };
+    let matrix = |part: Part, m: &Matrix, rows: Option<usize>, cols: usize| {
+        if rows.is_some_and(|r| r != m.rows()) || m.cols() != cols {
+            let wanted = rows.map_or(format!("? x {cols}"), |r| format!("{r} x {cols}"));
+            return mismatch(part, format!("{} x {}", m.rows(), m.cols()), wanted);
+        }
+        Ok(())
+    };
+    let vector = |part: Part, v: &[f32]| {
+        if v.len() != dim {
+            return mismatch(part, format!("{} long", v.len()), format!("{dim}"));
+        }
+        Ok(())
+    };
+    matrix(Part::Embedding, embedding, None, dim)?;
+    for (i, layer) in layers.iter().enumerate() {
+        let hidden = layer.gate.rows();
+        vector(Part::AttnNorm(i), &layer.attn_norm)?;
+        matrix(Part::Q(i), &layer.q, Some(dim), dim)?;
+        matrix(Part::K(i), &layer.k, Some(kv_dim), dim)?;
+        matrix(Part::V(i), &layer.v, Some(kv_dim), dim)?;
+        matrix(Part::O(i), &layer.o, Some(dim), dim)?;
+        vector(Part::FfnNorm(i), &layer.ffn_norm)?;
+        matrix(Part::Gate(i), &layer.gate, Some(hidden), dim)?;
+        matrix(Part::Up(i), &layer.up, Some(hidden), dim)?;
+        matrix(Part::Down(i), &layer.down, Some(dim), hidden)?;
+    }
+    vector(Part::Norm, norm)?;
+    if let Some(output) = output {
+        matrix(Part::Output, output, None, dim)?;
+    }
+    Ok(())
 }
 
 fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
@@ -127,35 +330,48 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 impl Llama {
     /// Reads the weights of a llama-family GGUF, keeping Q4_1 and Q8_0 blocks as stored.
     pub fn load(content: &Content, file: &mut File, max_positions: usize) -> Result<Self> {
-        let layers_count = metadata_u32(content, "llama.block_count")?;
-        let heads = metadata_u32(content, "llama.attention.head_count")?;
-        let kv_heads = metadata_u32(content, "llama.attention.head_count_kv").unwrap_or(heads);
-        let dim = metadata_u32(content, "llama.embedding_length")?;
+        let shape = gguf_shape(content)?;
+        Self::build(shape, &mut GgufSource { content, file }, max_positions)
+    }
+
+    /// Reads a model of `shape` from `source`.
+    pub fn build(shape: Shape, source: &mut dyn Source, max_positions: usize) -> Result<Self> {
+        let Shape {
+            layers: layers_count,
+            heads,
+            kv_heads,
+            dim,
+            eps,
+            rope_base: base,
+        } = shape;
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || !dim.is_multiple_of(heads) {
+            return Err(GenerationError::Format(format!(
+                "{heads} attention heads with {kv_heads} key/value heads over {dim} features is not a llama shape"
+            )));
+        }
         let head_dim = dim / heads;
-        let eps = metadata_f32(content, "llama.attention.layer_norm_rms_epsilon", 1e-5);
-        let base = metadata_f32(content, "llama.rope.freq_base", 10_000.0);
-        let embedding = matrix(content, file, "token_embd.weight")?;
+        let embedding = source.matrix(Part::Embedding)?;
         let mut layers = Vec::with_capacity(layers_count);
         for i in 0..layers_count {
-            let name = |part: &str| format!("blk.{i}.{part}.weight");
             layers.push(Layer {
-                attn_norm: vector(content, file, &name("attn_norm"))?,
-                q: matrix(content, file, &name("attn_q"))?,
-                k: matrix(content, file, &name("attn_k"))?,
-                v: matrix(content, file, &name("attn_v"))?,
-                o: matrix(content, file, &name("attn_output"))?,
-                ffn_norm: vector(content, file, &name("ffn_norm"))?,
-                gate: matrix(content, file, &name("ffn_gate"))?,
-                up: matrix(content, file, &name("ffn_up"))?,
-                down: matrix(content, file, &name("ffn_down"))?,
+                attn_norm: source.vector(Part::AttnNorm(i))?,
+                q: source.matrix(Part::Q(i))?,
+                k: source.matrix(Part::K(i))?,
+                v: source.matrix(Part::V(i))?,
+                o: source.matrix(Part::O(i))?,
+                ffn_norm: source.vector(Part::FfnNorm(i))?,
+                gate: source.matrix(Part::Gate(i))?,
+                up: source.matrix(Part::Up(i))?,
+                down: source.matrix(Part::Down(i))?,
             });
         }
-        let norm = vector(content, file, "output_norm.weight")?;
-        let output = if content.tensor_infos.contains_key("output.weight") {
-            Some(matrix(content, file, "output.weight")?)
+        let norm = source.vector(Part::Norm)?;
+        let output = if source.has(Part::Output) {
+            Some(source.matrix(Part::Output)?)
         } else {
             None
         };
+        check_shapes(&shape, &embedding, &layers, &norm, output.as_ref())?;
         // The angles as candle computes them (f32 throughout), so both paths rotate alike.
         let half = head_dim / 2;
         let theta: Vec<f32> = (0..head_dim)

@@ -1,4 +1,5 @@
-//! Text generation: the small language model (a llama-family GGUF) run with candle.
+//! Text generation: the small language model (a llama-family GGUF, or an HF-layout directory of
+//! safetensors) run on CPU.
 //!
 //! One [`Generator`] is loaded per process and shared by every request: the weights are held once
 //! (tensors are reference-counted) and each generation gets its own KV cache. A generation renders
@@ -8,6 +9,7 @@
 
 pub mod chat_template;
 pub mod gguf_tokenizer;
+pub mod hf;
 pub mod kernels;
 pub mod llama;
 mod sampling;
@@ -33,7 +35,9 @@ use sampling::{StopMatcher, sampler};
 #[derive(Debug, thiserror::Error)]
 pub enum GenerationError {
     /// The model file is missing or unreadable.
-    #[error("{path}: {reason}. Pass a llama-family GGUF file (run scripts/fetch-models.sh for the default SmolLM2)")]
+    #[error(
+        "{path}: {reason}. Pass a llama-family GGUF file or HF-layout model directory (run scripts/fetch-models.sh for the default SmolLM2)"
+    )]
     File {
         /// The file.
         path: PathBuf,
@@ -178,8 +182,12 @@ impl std::fmt::Debug for Generator {
 }
 
 impl Generator {
-    /// Loads a llama-family GGUF file, converting its weights to `options.weights`.
+    /// Loads a llama-family model: a GGUF file, its weights converted to `options.weights`, or an
+    /// HF-layout directory (`hf.rs`), run with f32 weights.
     pub fn load(path: &Path, options: GeneratorOptions) -> Result<Self> {
+        if path.is_dir() {
+            return Self::load_hf(path, options);
+        }
         let file_error = |reason: String| GenerationError::File {
             path: path.to_path_buf(),
             reason,
@@ -219,7 +227,46 @@ impl Generator {
                 None => ModelWeights::from_gguf(content, &mut file, &device)?,
             })
         };
-        let mut stop_tokens: Vec<u32> = special.eos.into_iter().collect();
+        Ok(Self::assemble(
+            model,
+            tokenizer,
+            template,
+            special.eos.into_iter().collect(),
+            special.add_bos.then_some(special.bos).flatten(),
+            context_length,
+            path,
+        ))
+    }
+
+    fn load_hf(dir: &Path, options: GeneratorOptions) -> Result<Self> {
+        if !matches!(options.weights, WeightFormat::Packed | WeightFormat::F32) {
+            return Err(GenerationError::Request(format!(
+                "weight format {} applies to GGUF files; an HF-layout directory runs as f32 (use packed or f32)",
+                options.weights
+            )));
+        }
+        let model = hf::load(dir, MAX_SEQ_LEN)?;
+        let template = ChatTemplate::new(model.chat_template.as_deref().unwrap_or(chat_template::CHATML))?;
+        Ok(Self::assemble(
+            Model::Packed(model.llama),
+            model.tokenizer,
+            template,
+            model.eos,
+            model.bos,
+            model.context_length,
+            dir,
+        ))
+    }
+
+    fn assemble(
+        model: Model,
+        tokenizer: Tokenizer,
+        template: ChatTemplate,
+        mut stop_tokens: Vec<u32>,
+        bos: Option<u32>,
+        context_length: usize,
+        path: &Path,
+    ) -> Self {
         for end_of_turn in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"] {
             if let Some(id) = tokenizer.token_to_id(end_of_turn) {
                 stop_tokens.push(id);
@@ -227,20 +274,22 @@ impl Generator {
         }
         stop_tokens.sort_unstable();
         stop_tokens.dedup();
-        let model_id = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        Ok(Generator {
+        let name = if path.is_dir() {
+            path.file_name()
+        } else {
+            path.file_stem()
+        };
+        let model_id = name.map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        Generator {
             model,
             tokenizer,
             template,
             stop_tokens,
-            bos: special.add_bos.then_some(special.bos).flatten(),
+            bos,
             context_length,
             model_id,
-            device,
-        })
+            device: Device::Cpu,
+        }
     }
 
     /// The model's id (the file's stem).

@@ -14,7 +14,8 @@ mod versions;
 pub use aliases::{AliasKind, INDEX_LIVE, MODEL_PRODUCTION, MODEL_STAGING};
 pub use runs::{PipelineRun, RunStatus, StepKey, StepRecord};
 pub use versions::{
-    DatasetVersion, IndexStatus, IndexVersion, ModelVersion, NewDatasetVersion, NewIndexVersion, NewModelVersion,
+    DatasetVersion, HF_TREE_FORMAT, IndexStatus, IndexVersion, MODEL_FORMAT_GGUF, MODEL_FORMAT_HF, ModelVersion,
+    NewDatasetVersion, NewIndexVersion, NewModelVersion,
 };
 
 use std::path::Path;

@@ -41,6 +41,13 @@ pub struct DatasetVersion {
     pub spec: NewDatasetVersion,
 }
 
+/// A model stored as one GGUF file.
+pub const MODEL_FORMAT_GGUF: &str = "gguf";
+/// A model stored as an HF-layout directory (safetensors, config, tokenizer).
+pub const MODEL_FORMAT_HF: &str = "hf";
+/// The tree format of an HF-layout model's manifest in the artifact store.
+pub const HF_TREE_FORMAT: &str = "engram-model-hf/1";
+
 /// A model version to register.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NewModelVersion {
@@ -48,7 +55,8 @@ pub struct NewModelVersion {
     pub run_id: Option<String>,
     /// A human name, e.g. `SmolLM2-135M-Instruct`.
     pub name: String,
-    /// `gguf` or `safetensors`.
+    /// [`MODEL_FORMAT_GGUF`] (one file) or [`MODEL_FORMAT_HF`] (an HF-layout directory, stored
+    /// as a tree of artifacts whose manifest is the artifact).
     pub format: String,
     /// sha256 of the model's artifact: the service verifies it before serving.
     pub artifact_hash: String,
