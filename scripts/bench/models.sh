@@ -23,10 +23,18 @@ results="$out/models.jsonl"
 if [[ ! -x "$venv/bin/python" ]]; then
   python3 -m venv "$venv"
 fi
-# llama.cpp's default native build uses AMX on this CPU and crashes with an illegal instruction:
-# build it for AVX2/AVX-512 explicitly.
-CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_AVX512=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/bench/requirements.txt
+# llama.cpp's default native build used AMX on one machine here and crashed with an illegal
+# instruction; build it for the vector extensions this CPU reports instead (AVX-512 only where present:
+# another machine here has AVX2 only). A venv built on another CPU is rebuilt when the choice differs.
+avx512=OFF
+if grep -q -w avx512f /proc/cpuinfo; then avx512=ON; fi
+flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_AVX512=$avx512 -DGGML_FMA=ON -DGGML_F16C=ON"
+CMAKE_ARGS="$flags" "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/bench/requirements.txt
+if [[ "$(cat "$venv/llama-cmake-flags" 2>/dev/null)" != "$flags" ]]; then
+  CMAKE_ARGS="$flags" "$venv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir \
+    --force-reinstall --no-deps "$(grep '^llama-cpp-python' scripts/bench/requirements.txt)"
+  echo "$flags" >"$venv/llama-cmake-flags"
+fi
 
 echo "building the benchmark (release)"
 cargo build --release --quiet -p engram-shared --bench models

@@ -53,10 +53,12 @@ def main(results_path, doc_path):
                    f"{r['decode_tokens_per_s'] / peer['decode_tokens_per_s']:.2f}x | {r['peak_rss_mib']:.0f} | {peer['peak_rss_mib']:.0f} |")
     peers = sorted({p["engine"] for p in gen if p["engine"] != "engram"})
     out += ["", f"Peer: {', '.join(peers)}, on the same GGUF file as stored (Q4_1).", "",
-            "engram's default is `packed`: the stored Q4_1/Q8_0 blocks in engram's own kernels with f32 activations,",
-            "answering exactly as `f32` (all weights dequantized) does. `q8_0` and `as-stored` use candle's quantized",
+            "engram's default is `packed`: the stored Q4_1/Q8_0 blocks in engram's own kernels, activations in f32",
+            "(prompts) or rounded to 16 bits per block of 32 (decode), answering as `f32` (all weights dequantized) does. `q8_0` and `as-stored` use candle's quantized",
             "kernels, which quantize activations to 8 bits as llama.cpp does; on this model that changes greedy answers",
-            "(see README, Models). Ratios are engram / peer: above 1.0x engram is faster.", ""]
+            "(see README, Models). Ratios are engram / peer: above 1.0x engram is faster.", "",
+            "llama.cpp is built by the script for the extensions this CPU reports (AVX-512 only where present).",
+            "On a shared 2-core VM, rows vary between runs (prompt speed most: up to about 40%); compare rows of one run.", ""]
     with open(doc_path, "w") as f:
         f.write("\n".join(out))
 

@@ -9,9 +9,11 @@
 //! "What is the capital of France?" gets "L'Étoile, la Marseillaise…" from candle on Q8_0 or Q4_1
 //! weights and "L'Étoile, la Cité…" from llama.cpp on the stored Q4_1 file, while F32 and F16
 //! weights answer "The capital of France is Paris.", as transformers does on the same GGUF
-//! dequantized. The default is therefore exact: `Packed` keeps the stored blocks and dequantizes them
-//! inside engram's own kernels with f32 activations (the f32 answers at the file's memory); `F32`
-//! holds them dequantized; candle's quantized formats stay available where answers may differ.
+//! dequantized. The default therefore keeps the weights exact: `Packed` keeps the stored blocks and
+//! dequantizes them inside engram's own kernels, with activations in f32 or, for a decoded token,
+//! rounded to 16 bits per block (256 times finer than 8; the f32 answers, tested, at the file's
+//! memory); `F32` holds them dequantized; candle's quantized formats stay available where answers
+//! may differ.
 
 use std::fmt;
 use std::io::Cursor;
@@ -37,8 +39,8 @@ pub enum WeightFormat {
     /// Full precision: exact, the most memory (5.5x a Q4_1 file).
     F32,
     /// The default: the stored Q4_1/Q8_0 blocks, kept packed and dequantized exactly inside
-    /// engram's own kernels (`kernels.rs`, `llama.rs`) with f32 activations: the f32 answers, at
-    /// about the file's memory, decoding 2-3x faster than f32.
+    /// engram's own kernels (`kernels.rs`, `llama.rs`), activations in f32 or 16-bit blocks: the
+    /// f32 answers, at about the file's memory, decoding several times faster than f32.
     #[default]
     Packed,
 }
