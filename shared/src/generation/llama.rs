@@ -15,7 +15,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::Content;
 
 use super::GenerationError;
-use super::kernels::{Matrix, dot_f32};
+use super::kernels::{Activation, BLOCK, BlockFormat, Kernel, Matrix, axpy, dot_f32, for_each};
 
 type Result<T> = std::result::Result<T, GenerationError>;
 
@@ -237,17 +237,17 @@ impl Source for GgufSource<'_> {
                 .map_err(|e| GenerationError::Format(format!("cannot read {name}: {e}")))?;
             Ok(data)
         };
-        Ok(match info.ggml_dtype {
-            GgmlDType::Q4_1 if cols % 32 == 0 => Matrix::Q4_1 {
-                rows,
-                cols,
-                data: raw(rows * cols / 32 * 20, file)?,
-            },
-            GgmlDType::Q8_0 if cols % 32 == 0 => Matrix::Q8_0 {
-                rows,
-                cols,
-                data: raw(rows * cols / 32 * 34, file)?,
-            },
+        let format = match info.ggml_dtype {
+            GgmlDType::Q4_1 => Some(BlockFormat::Q4_1),
+            GgmlDType::Q8_0 => Some(BlockFormat::Q8_0),
+            _ => None,
+        };
+        Ok(match format {
+            Some(format) if cols % BLOCK == 0 => {
+                let data = raw(rows * cols / BLOCK * format.ggml_block_bytes(), file)?;
+                Matrix::from_ggml(format, rows, cols, &data)
+                    .map_err(|e| GenerationError::Format(format!("{name}: {e}")))?
+            }
             _ => {
                 // Any other type: dequantized once, exactly, by candle.
                 let tensor = content.tensor(file, &name, &Device::Cpu)?.dequantize(&Device::Cpu)?;
@@ -317,6 +317,18 @@ fn check_shapes(
         matrix(Part::Output, output, None, dim)?;
     }
     Ok(())
+}
+
+/// `n` vectors `x` times several matrices of the same input size. One vector (a decoded token) is
+/// rounded once and all the products share one parallel pass; a prompt runs each as a tiled matmul.
+fn project(x: &[f32], n: usize, products: &mut [(&Matrix, &mut [f32])]) {
+    if n == 1 {
+        Matrix::matvec_many(products, &Activation::new(x), Kernel::best());
+    } else {
+        for (matrix, y) in products.iter_mut() {
+            matrix.matmul(x, n, y);
+        }
+    }
 }
 
 fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
@@ -443,9 +455,13 @@ impl Llama {
 
     /// Runs `tokens` after the cache's positions; returns the logits of the last one.
     ///
-    /// The pass runs on a thread of rayon's pool, so the 200-odd parallel products of a token are
-    /// shared out among the pool's threads without waking the caller's thread for each one.
+    /// The pass runs on a thread of rayon's pool, so the 200-odd parallel steps of a token are
+    /// shared out among the pool's threads without waking the caller's thread for each one. With a
+    /// pool of one thread, a decoded token runs on the caller, every step in order.
     pub fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Vec<f32>> {
+        if tokens.len() == 1 && rayon::current_num_threads() == 1 {
+            return self.forward_in_pool(tokens, cache);
+        }
         rayon::scope(|_| self.forward_in_pool(tokens, cache))
     }
 
@@ -491,45 +507,37 @@ impl Llama {
                     &mut h[t * dim..(t + 1) * dim],
                 );
             }
-            layer.q.matmul(&h, n, &mut q)?;
-            layer.k.matmul(&h, n, &mut k)?;
-            layer.v.matmul(&h, n, &mut v)?;
+            project(&h, n, &mut [(&layer.q, &mut q), (&layer.k, &mut k), (&layer.v, &mut v)]);
             for t in 0..n {
                 self.rotate(&mut q[t * dim..(t + 1) * dim], self.heads, start + t);
                 self.rotate(&mut k[t * kv_dim..(t + 1) * kv_dim], self.kv_heads, start + t);
             }
             keys.extend_from_slice(&k);
             values.extend_from_slice(&v);
-            // Causal attention: token t sees positions 0..=start+t.
-            let mut scores = Vec::with_capacity(start + n);
-            for t in 0..n {
+            // Causal attention: token t sees positions 0..=start+t. Each (token, head) pair is one
+            // task writing its own slice of `attended`.
+            let (keys, values, q) = (&keys[..], &values[..], &q[..]);
+            let head_dim = self.head_dim;
+            let pairs: Vec<(usize, &mut [f32])> = attended.chunks_mut(head_dim).enumerate().collect();
+            for_each(pairs, |(i, out)| {
+                let mut scores = Vec::with_capacity(start + n);
+                let (t, head) = (i / self.heads, i % self.heads);
                 let visible = start + t + 1;
-                for head in 0..self.heads {
-                    let kv = head / group;
-                    let query = &q[t * dim + head * self.head_dim..t * dim + (head + 1) * self.head_dim];
-                    scores.clear();
-                    for p in 0..visible {
-                        let key = &keys[p * kv_dim + kv * self.head_dim..p * kv_dim + (kv + 1) * self.head_dim];
-                        scores.push(dot_f32(query, key) * scale);
-                    }
-                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut total = 0f32;
-                    for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        total += *s;
-                    }
-                    let out = &mut attended[t * dim + head * self.head_dim..t * dim + (head + 1) * self.head_dim];
-                    out.fill(0.0);
-                    for (p, s) in scores.iter().enumerate() {
-                        let weight = s / total;
-                        let value = &values[p * kv_dim + kv * self.head_dim..p * kv_dim + (kv + 1) * self.head_dim];
-                        for (o, v) in out.iter_mut().zip(value) {
-                            *o += weight * v;
-                        }
-                    }
+                let kv = (head / group) * head_dim;
+                let query = &q[t * dim + head * head_dim..][..head_dim];
+                scores.extend((0..visible).map(|p| dot_f32(query, &keys[p * kv_dim + kv..][..head_dim]) * scale));
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut total = 0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    total += *s;
                 }
-            }
-            layer.o.matmul(&attended, n, &mut projected)?;
+                out.fill(0.0);
+                for (p, s) in scores.iter().enumerate() {
+                    axpy(s / total, &values[p * kv_dim + kv..][..head_dim], out);
+                }
+            });
+            project(&attended, n, &mut [(&layer.o, &mut projected)]);
             for (x, p) in x.iter_mut().zip(&projected) {
                 *x += p;
             }
@@ -544,12 +552,11 @@ impl Llama {
             let hidden = layer.gate.rows();
             let mut gate = vec![0f32; n * hidden];
             let mut up = vec![0f32; n * hidden];
-            layer.gate.matmul(&h, n, &mut gate)?;
-            layer.up.matmul(&h, n, &mut up)?;
+            project(&h, n, &mut [(&layer.gate, &mut gate), (&layer.up, &mut up)]);
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }
-            layer.down.matmul(&gate, n, &mut projected)?;
+            project(&gate, n, &mut [(&layer.down, &mut projected)]);
             for (x, p) in x.iter_mut().zip(&projected) {
                 *x += p;
             }
@@ -560,7 +567,7 @@ impl Llama {
         rms_norm(last, &self.norm, self.eps, &mut normed);
         let output = self.output.as_ref().unwrap_or(&self.embedding);
         let mut logits = vec![0f32; output.rows()];
-        output.matvec(&normed, &mut logits);
+        project(&normed, 1, &mut [(output, &mut logits)]);
         Ok(logits)
     }
 }
