@@ -48,12 +48,33 @@ fn default_act() -> String {
     "gelu".into()
 }
 
-/// `y = x Wᵀ + b` with `W` as stored (`out x in`, row-major).
+/// `y = x Wᵀ + b`, `W` (`out x in`) kept transposed: column `o` of the product is contiguous,
+/// so gemm streams `W` as it lies (no packing of the large operand per call, which dominated a
+/// short text's embedding) and packs only the few tokens.
 struct Linear {
-    weight: Vec<f32>,
+    /// `Wᵀ`, `in x out`, row-major.
+    weight_t: Vec<f32>,
     bias: Vec<f32>,
     inputs: usize,
     outputs: usize,
+}
+
+impl Linear {
+    /// From `W` as stored (`outputs x inputs`, row-major).
+    fn new(weight: &[f32], bias: Vec<f32>, inputs: usize, outputs: usize) -> Linear {
+        let mut weight_t = vec![0f32; inputs * outputs];
+        for (o, row) in weight.chunks_exact(inputs).enumerate() {
+            for (i, w) in row.iter().enumerate() {
+                weight_t[i * outputs + o] = *w;
+            }
+        }
+        Linear {
+            weight_t,
+            bias,
+            inputs,
+            outputs,
+        }
+    }
 }
 
 struct Norm {
@@ -108,13 +129,11 @@ impl Weights<'_> {
         Ok(tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
     }
 
-    fn linear(&self, name: &str, outputs: usize, inputs: usize) -> Result<Linear> {
-        Ok(Linear {
-            weight: self.get(&format!("{name}.weight"), &[outputs, inputs])?,
-            bias: self.get(&format!("{name}.bias"), &[outputs])?,
-            inputs,
-            outputs,
-        })
+    fn linear(&self, name: &str, outputs: usize, inputs: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((
+            self.get(&format!("{name}.weight"), &[outputs, inputs])?,
+            self.get(&format!("{name}.bias"), &[outputs])?,
+        ))
     }
 
     fn norm(&self, name: &str, size: usize) -> Result<Norm> {
@@ -171,17 +190,17 @@ impl Bert {
                 w.linear(&at("attention.self.key"), hidden, hidden)?,
                 w.linear(&at("attention.self.value"), hidden, hidden)?,
             );
+            let linear = |name: &str, outputs: usize, inputs: usize| -> Result<Linear> {
+                let (weight, bias) = w.linear(&at(name), outputs, inputs)?;
+                Ok(Linear::new(&weight, bias, inputs, outputs))
+            };
+            let inner = shape.intermediate_size;
             layers.push(Layer {
-                qkv: Linear {
-                    weight: [q.weight, k.weight, v.weight].concat(),
-                    bias: [q.bias, k.bias, v.bias].concat(),
-                    inputs: hidden,
-                    outputs: 3 * hidden,
-                },
-                attention_out: w.linear(&at("attention.output.dense"), hidden, hidden)?,
+                qkv: Linear::new(&[q.0, k.0, v.0].concat(), [q.1, k.1, v.1].concat(), hidden, 3 * hidden),
+                attention_out: linear("attention.output.dense", hidden, hidden)?,
                 attention_norm: w.norm(&at("attention.output.LayerNorm"), hidden)?,
-                up: w.linear(&at("intermediate.dense"), shape.intermediate_size, hidden)?,
-                down: w.linear(&at("output.dense"), hidden, shape.intermediate_size)?,
+                up: linear("intermediate.dense", inner, hidden)?,
+                down: linear("output.dense", hidden, inner)?,
                 output_norm: w.norm(&at("output.LayerNorm"), hidden)?,
             });
         }
@@ -394,21 +413,23 @@ fn linear(x: &[f32], tokens: usize, layer: &Linear, residual: Option<&[f32]>, ou
             .par_chunks_mut(outputs)
             .for_each(|row| row.copy_from_slice(&layer.bias)),
     }
-    // SAFETY: x is tokens x inputs, W is outputs x inputs (read transposed through its strides),
-    // out is tokens x outputs; all row-major and fully inside their slices.
+    // outᵀ (outputs x tokens) += W (outputs x inputs) · xᵀ (inputs x tokens), with every operand
+    // read in place through its strides.
+    // SAFETY: x is tokens x inputs, Wᵀ inputs x outputs, out tokens x outputs, all row-major and
+    // fully inside their slices.
     unsafe {
         gemm::gemm(
-            tokens,
             outputs,
+            tokens,
             inputs,
             out.as_mut_ptr(),
-            1,
             outputs as isize,
-            true,
-            x.as_ptr(),
             1,
-            inputs as isize,
-            layer.weight.as_ptr(),
+            true,
+            layer.weight_t.as_ptr(),
+            outputs as isize,
+            1,
+            x.as_ptr(),
             inputs as isize,
             1,
             1.0,
@@ -469,12 +490,7 @@ mod tests {
     #[test]
     fn linear_adds_bias_and_residual_to_the_product() {
         // W = [[1, 2], [3, 4], [5, 6]], b = [1, 0, -1]; x = [[1, 1], [0, 2]].
-        let layer = Linear {
-            weight: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
-            bias: vec![1.0, 0.0, -1.0],
-            inputs: 2,
-            outputs: 3,
-        };
+        let layer = Linear::new(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], vec![1.0, 0.0, -1.0], 2, 3);
         let x = [1.0, 1.0, 0.0, 2.0];
         let mut out = vec![0f32; 6];
         linear(&x, 2, &layer, None, &mut out);
