@@ -24,17 +24,21 @@ if [[ ! -x "$venv/bin/python" ]]; then
   python3 -m venv "$venv"
 fi
 # llama.cpp's default native build used AMX on one machine here and crashed with an illegal
-# instruction; build it for the vector extensions this CPU reports instead (AVX-512 only where present:
-# another machine here has AVX2 only). A venv built on another CPU is rebuilt when the choice differs.
-avx512=OFF
-if grep -q -w avx512f /proc/cpuinfo; then avx512=ON; fi
-flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_AVX512=$avx512 -DGGML_FMA=ON -DGGML_F16C=ON"
-CMAKE_ARGS="$flags" "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/bench/requirements.txt
+# instruction; build it for the vector extensions this CPU reports instead (each AVX-512 and VNNI
+# extension only where present: another machine here has AVX2 only), so the peer gets every SIMD
+# path this CPU offers. A venv built on another CPU is rebuilt when the choice differs.
+flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+for pair in avx512f:AVX512 avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16 avx_vnni:AVX_VNNI; do
+  if grep -q -w "${pair%%:*}" /proc/cpuinfo; then on=ON; else on=OFF; fi
+  flags="$flags -DGGML_${pair#*:}=$on"
+done
+# llama.cpp first (compiled once, with those flags), then the rest and its dependencies.
 if [[ "$(cat "$venv/llama-cmake-flags" 2>/dev/null)" != "$flags" ]]; then
   CMAKE_ARGS="$flags" "$venv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir \
     --force-reinstall --no-deps "$(grep '^llama-cpp-python' scripts/bench/requirements.txt)"
   echo "$flags" >"$venv/llama-cmake-flags"
 fi
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/bench/requirements.txt
 
 echo "building the benchmark (release)"
 cargo build --release --quiet -p engram-shared --bench models

@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -55,19 +56,22 @@ def generate(args):
     load_s = time.perf_counter() - started
     prompt = open(args.prompt, encoding="utf-8").read()
     tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-    # Warm-up, then reset the context.
+    # Warm-up, then `--repeat` timed runs from an empty context; the median of each phase.
     llm.eval(tokens[:8])
-    llm.reset()
-    started = time.perf_counter()
-    llm.eval(tokens)
-    first = llm.sample(temp=0.0)
-    prompt_s = time.perf_counter() - started
-    started = time.perf_counter()
-    token = first
-    for _ in range(args.new_tokens - 1):
-        llm.eval([token])
-        token = llm.sample(temp=0.0)
-    decode_s = time.perf_counter() - started
+    prompt_runs, decode_runs = [], []
+    for _ in range(args.repeat):
+        llm.reset()
+        started = time.perf_counter()
+        llm.eval(tokens)
+        first = llm.sample(temp=0.0)
+        prompt_runs.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        token = first
+        for _ in range(args.new_tokens - 1):
+            llm.eval([token])
+            token = llm.sample(temp=0.0)
+        decode_runs.append(time.perf_counter() - started)
+    prompt_s, decode_s = statistics.median(prompt_runs), statistics.median(decode_runs)
     return {"engine": f"llama.cpp (llama-cpp-python {llama_cpp.__version__})", "task": "generate",
             "threads": str(args.threads), "weights": "q4_1 (as stored)", "prompt_tokens": len(tokens),
             "new_tokens": args.new_tokens, "prompt_tokens_per_s": len(tokens) / prompt_s,
@@ -83,6 +87,7 @@ def main():
     parser.add_argument("--sentences", type=int, default=64)
     parser.add_argument("--prompt")
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeat", type=int, default=3, help="timed generations; the median is reported")
     args = parser.parse_args()
     print(json.dumps(embed(args) if args.task == "embed" else generate(args)))
 

@@ -11,7 +11,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use engram_shared::embedding::{Embedder, EmbedderOptions, Encoder};
-use engram_shared::generation::{ChatMessage, Flow, GenerationParams, Generator, GeneratorOptions, Role};
+use engram_shared::generation::kernels::{Activation, BlockFormat, Kernel, Matrix};
+use engram_shared::generation::{
+    ChatMessage, Completion, Flow, GenerationParams, Generator, GeneratorOptions, Role, Timings,
+};
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
     args.iter()
@@ -54,14 +57,64 @@ fn sentences(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// One matrix-vector product per kernel this CPU runs, on SmolLM2's shapes with arbitrary blocks:
+/// microseconds per product and the weight bytes read per second.
+fn kernels(threads: &str) {
+    let shapes = [
+        ("q/o 576x576 q4_1", BlockFormat::Q4_1, 576, 576),
+        ("gate/up 1536x576 q4_1", BlockFormat::Q4_1, 1536, 576),
+        ("down 576x1536 q4_1", BlockFormat::Q4_1, 576, 1536),
+        ("output 49152x576 q8_0", BlockFormat::Q8_0, 49152, 576),
+    ];
+    for (name, format, rows, cols) in shapes {
+        // Arbitrary bytes with small finite f16 scales (a block's first bytes).
+        let bytes = rows * cols / 32 * format.ggml_block_bytes();
+        let mut ggml: Vec<u8> = (0..bytes).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        for block in ggml.chunks_exact_mut(format.ggml_block_bytes()) {
+            block[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+            if format == BlockFormat::Q4_1 {
+                block[2..4].copy_from_slice(&half::f16::from_f32(-0.05).to_le_bytes());
+            }
+        }
+        // As in a decoded token, the weights come from memory, not cache: enough copies to fill
+        // 256 MiB, multiplied in turn.
+        let matrix = Matrix::from_ggml(format, rows, cols, &ggml).expect("blocks");
+        let copies: Vec<Matrix> = (0..(256usize << 20).div_ceil(matrix.bytes()))
+            .map(|_| matrix.clone())
+            .collect();
+        let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
+        let prepared = Activation::new(&x);
+        let mut y = vec![0f32; rows];
+        for kernel in Kernel::available() {
+            let repeat = copies.len() * 2;
+            let started = Instant::now();
+            for i in 0..repeat {
+                Matrix::matvec_many(&mut [(&copies[i % copies.len()], &mut y)], &prepared, kernel);
+            }
+            let secs = started.elapsed().as_secs_f64() / repeat as f64;
+            println!(
+                "{}",
+                serde_json::json!({ "engine": "engram", "task": "kernel", "threads": threads, "shape": name,
+                  "kernel": format!("{kernel:?}").to_lowercase(), "us": secs * 1e6,
+                  "weight_gb_per_s": matrix.bytes() as f64 / secs / 1e9 })
+            );
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let models = PathBuf::from(
         std::env::var("ENGRAM_MODELS_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../models").into()),
     );
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
-    let mode = args.iter().skip(1).find(|a| *a == "embed" || *a == "generate").cloned();
+    let mode = args
+        .iter()
+        .skip(1)
+        .find(|a| ["embed", "generate", "kernels"].contains(&a.as_str()))
+        .cloned();
     match mode.as_deref() {
+        Some("kernels") => kernels(&threads),
         Some("embed") => {
             let batch: usize = arg(&args, "--batch", "16").parse().expect("--batch N");
             let n: usize = arg(&args, "--sentences", "64").parse().expect("--sentences N");
@@ -139,8 +192,22 @@ fn main() {
                     |_| Flow::Continue,
                 )
                 .unwrap(); // warm-up
-            let completion = generator.generate(&messages, &params, |_| Flow::Continue).unwrap();
-            let t = completion.timings;
+            // `--repeat` timed generations (as the peer's); the median of each phase.
+            let repeat: usize = arg(&args, "--repeat", "3").parse().expect("--repeat N");
+            let mut runs: Vec<_> = (0..repeat.max(1))
+                .map(|_| generator.generate(&messages, &params, |_| Flow::Continue).unwrap())
+                .collect();
+            let median = |runs: &mut Vec<Completion>, key: fn(&Completion) -> std::time::Duration| {
+                runs.sort_by_key(key);
+                key(&runs[runs.len() / 2])
+            };
+            let prompt_time = median(&mut runs, |c| c.timings.prompt);
+            let decode_time = median(&mut runs, |c| c.timings.decode);
+            let completion = runs.swap_remove(0);
+            let t = Timings {
+                prompt: prompt_time,
+                decode: decode_time,
+            };
             println!(
                 "{}",
                 serde_json::json!({ "engine": "engram", "task": "generate", "threads": threads, "weights": weights.to_string(),
@@ -152,7 +219,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: models (embed --batch N [--sentences N] [--encoder packed|candle] | generate [--weights q8_0] [--prompt-tokens N] [--new-tokens N])"
+                "usage: models (embed --batch N [--sentences N] [--encoder packed|candle] | generate [--weights q8_0] [--prompt-tokens N] [--new-tokens N] [--repeat N] | kernels)"
             );
             // `cargo bench` with no arguments runs a quick default of both.
             if args.iter().any(|a| a == "--bench") {
