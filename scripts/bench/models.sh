@@ -2,8 +2,9 @@
 # Model benchmark: engram's candle models beside their peers, same machine, same run.
 #   embeddings: engram (its packed encoder, and candle's BERT) vs sentence-transformers (torch CPU),
 #               batch 1/16/64
-#   generation: engram (candle, SmolLM2 GGUF) vs llama.cpp (llama-cpp-python) on the same GGUF,
-#               150-token prompt, 128 new tokens, greedy
+#   generation: engram (SmolLM2 GGUF) vs llama.cpp (llama-cpp-python) on the same GGUF,
+#               150-token prompt, 128 new tokens, greedy, the median of three generations
+#   kernels:    engram's decode kernels alone, per instruction set, one thread
 # Each at 1 and 2 threads, each measurement in a fresh process (peak RSS). Writes the table into
 # docs/BENCHMARKS.md. The peers are installed into a venv under $ENGRAM_CACHE_DIR (first run: long).
 set -euo pipefail
@@ -41,8 +42,9 @@ fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/bench/requirements.txt
 
 echo "building the benchmark (release)"
-cargo build --release --quiet -p engram-shared --bench models
-bench="$(ls -t "$CARGO_TARGET_DIR"/release/deps/models-* | grep -v '\.d$' | head -n1)"
+# The executable cargo reports (tests/models.rs builds a binary of the same name beside it).
+bench="$(cargo build --release --quiet -p engram-shared --bench models --message-format=json |
+  python3 -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')"
 
 prompt="$out/prompt.txt"
 for threads in 1 2; do
@@ -55,8 +57,15 @@ for threads in 1 2; do
   for weights in packed q8_0 f32 as-stored; do
     RAYON_NUM_THREADS=$threads "$bench" generate --weights "$weights" --prompt-out "$prompt" | tee -a "$results"
   done
+  # On an AVX-512 CPU, also the AVX-512 decode kernels (the default is AVX2: see kernels/mod.rs).
+  if grep -q -w avx512bw /proc/cpuinfo; then
+    ENGRAM_KERNEL=avx512 RAYON_NUM_THREADS=$threads "$bench" generate --weights packed | tee -a "$results"
+  fi
   "$venv/bin/python" scripts/bench/peers.py generate --threads "$threads" --prompt "$prompt" | tee -a "$results"
 done
+
+# The decode kernels alone, one thread, weights streamed from memory.
+RAYON_NUM_THREADS=1 "$bench" kernels | tee -a "$results"
 
 "$venv/bin/python" scripts/bench/report.py "$results" docs/BENCHMARKS.md
 echo "wrote docs/BENCHMARKS.md"

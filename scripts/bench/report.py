@@ -48,7 +48,8 @@ def main(results_path, doc_path):
         peer = next((p for p in gen if p["engine"] != "engram" and p["threads"] == r["threads"]), None)
         if peer is None:
             continue
-        out.append(f"| {r['threads']} | {r['weights']} | {r['prompt_tokens']} | {r['prompt_tokens_per_s']:.0f} | {peer['prompt_tokens_per_s']:.0f} | "
+        weights = f"{r['weights']} ({r['kernel']} kernels)" if r["weights"] == "packed" and "kernel" in r else r["weights"]
+        out.append(f"| {r['threads']} | {weights} | {r['prompt_tokens']} | {r['prompt_tokens_per_s']:.0f} | {peer['prompt_tokens_per_s']:.0f} | "
                    f"{r['prompt_tokens_per_s'] / peer['prompt_tokens_per_s']:.2f}x | {r['decode_tokens_per_s']:.1f} | {peer['decode_tokens_per_s']:.1f} | "
                    f"{r['decode_tokens_per_s'] / peer['decode_tokens_per_s']:.2f}x | {r['peak_rss_mib']:.0f} | {peer['peak_rss_mib']:.0f} |")
     peers = sorted({p["engine"] for p in gen if p["engine"] != "engram"})
@@ -57,8 +58,19 @@ def main(results_path, doc_path):
             "(prompts) or rounded to 16 bits per block of 32 (decode), answering as `f32` (all weights dequantized) does. `q8_0` and `as-stored` use candle's quantized",
             "kernels, which quantize activations to 8 bits as llama.cpp does; on this model that changes greedy answers",
             "(see README, Models). Ratios are engram / peer: above 1.0x engram is faster.", "",
-            "llama.cpp is built by the script for the extensions this CPU reports (AVX-512 only where present).",
-            "On a shared 2-core VM, rows vary between runs (prompt speed most: up to about 40%); compare rows of one run.", ""]
+            "llama.cpp is built by the script for the vector extensions this CPU reports (AVX-512, VNNI, BF16 where present).",
+            "Each generation row is the median of three timed generations (after a warm-up) in one process, for both engines.",
+            "engram decodes with its AVX2 kernels by default; `packed (avx512 kernels)` is the same with ENGRAM_KERNEL=avx512.",
+            "Prompts use gemm's AVX-512 kernels wherever the CPU has them.",
+            "On a shared 2-core VM, rows vary between runs (up to about 20%); compare rows of one run.", ""]
+    kernels = [r for r in rows if r["task"] == "kernel"]
+    if kernels:
+        out += ["## Decode kernels: one matrix-vector product, one thread", "",
+                "Each product reads its weights from memory (copies filling 256 MiB, multiplied in turn), as a decoded token does.", "",
+                "| matrix | kernel | microseconds | weight GB/s |", "|---|---|---|---|"]
+        for r in kernels:
+            out.append(f"| {r['shape']} | {r['kernel']} | {r['us']:.1f} | {r['weight_gb_per_s']:.1f} |")
+        out.append("")
     with open(doc_path, "w") as f:
         f.write("\n".join(out))
 

@@ -211,6 +211,7 @@ fn main() {
             println!(
                 "{}",
                 serde_json::json!({ "engine": "engram", "task": "generate", "threads": threads, "weights": weights.to_string(),
+                  "kernel": format!("{:?}", Kernel::best()).to_lowercase(),
                   "prompt_tokens": completion.usage.prompt_tokens, "new_tokens": completion.usage.completion_tokens,
                   "prompt_tokens_per_s": completion.usage.prompt_tokens as f64 / t.prompt.as_secs_f64(),
                   "decode_tokens_per_s": (completion.usage.completion_tokens.saturating_sub(1)) as f64 / t.decode.as_secs_f64(),

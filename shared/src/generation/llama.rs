@@ -15,7 +15,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::Content;
 
 use super::GenerationError;
-use super::kernels::{Activation, BLOCK, BlockFormat, Kernel, Matrix, axpy, dot_f32, for_each};
+use super::kernels::{Activation, Attention, BLOCK, BlockFormat, Kernel, Matrix, for_each};
 
 type Result<T> = std::result::Result<T, GenerationError>;
 
@@ -514,28 +514,27 @@ impl Llama {
             }
             keys.extend_from_slice(&k);
             values.extend_from_slice(&v);
-            // Causal attention: token t sees positions 0..=start+t. Each (token, head) pair is one
-            // task writing its own slice of `attended`.
+            // Causal attention: token t sees positions 0..=start+t. A prompt's tasks are (token,
+            // key/value head) pairs, for the query heads sharing that key/value head (each key and
+            // value row read once for them); a decoded token's are single heads, to keep every
+            // thread busy. Each task writes its own slice of `attended`.
             let (keys, values, q) = (&keys[..], &values[..], &q[..]);
             let head_dim = self.head_dim;
-            let pairs: Vec<(usize, &mut [f32])> = attended.chunks_mut(head_dim).enumerate().collect();
-            for_each(pairs, |(i, out)| {
-                let mut scores = Vec::with_capacity(start + n);
-                let (t, head) = (i / self.heads, i % self.heads);
-                let visible = start + t + 1;
-                let kv = (head / group) * head_dim;
-                let query = &q[t * dim + head * head_dim..][..head_dim];
-                scores.extend((0..visible).map(|p| dot_f32(query, &keys[p * kv_dim + kv..][..head_dim]) * scale));
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut total = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    total += *s;
-                }
-                out.fill(0.0);
-                for (p, s) in scores.iter().enumerate() {
-                    axpy(s / total, &values[p * kv_dim + kv..][..head_dim], out);
-                }
+            let per_task = if n == 1 { 1 } else { group };
+            let tasks: Vec<(usize, &mut [f32])> = attended.chunks_mut(per_task * head_dim).enumerate().collect();
+            for_each(tasks, |(i, out)| {
+                let (t, head) = (i / (self.heads / per_task), i % (self.heads / per_task) * per_task);
+                let kv = head / group;
+                let attention = Attention {
+                    queries: &q[t * dim + head * head_dim..][..per_task * head_dim],
+                    keys: &keys[kv * head_dim..],
+                    values: &values[kv * head_dim..],
+                    stride: kv_dim,
+                    visible: start + t + 1,
+                    head_dim,
+                    scale,
+                };
+                attention.run(&mut Vec::with_capacity(per_task * (start + n)), out);
             });
             project(&attended, n, &mut [(&layer.o, &mut projected)]);
             for (x, p) in x.iter_mut().zip(&projected) {

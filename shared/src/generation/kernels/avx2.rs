@@ -172,3 +172,19 @@ pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
         }
     }
 }
+
+/// [`super::Attention::run`] compiled for AVX2, its dot products and `y += a x` inlined.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; the head size must be a multiple of 8.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn attend(attention: &super::Attention<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
+    attention.run_with(
+        scores,
+        out,
+        // SAFETY: this function's target features; the slices are whole heads (multiples of 8).
+        |a, b| unsafe { dot_f32(a, b) },
+        // SAFETY: as above.
+        |a, x, y| unsafe { axpy(a, x, y) },
+    );
+}

@@ -14,8 +14,9 @@
 //! One vector (a decoded token): the vector is rounded to 16-bit integers per block of 32 (error at
 //! most 1/65534 of the block's largest value, 256 times finer than 8-bit rounding; greedy answers
 //! stay those of f32 weights, `tests/models.rs`), and each block's products are exact sums in 32-bit
-//! integers (`vpmaddwd`): with AVX-512 ([`avx512`]), else AVX2 ([`avx2`]), else plain Rust
-//! ([`blocks::group_product`]), chosen at run time. Many vectors (a prompt): weight tiles are
+//! integers (`vpmaddwd`): with AVX2 ([`avx2`]; AVX-512, [`avx512`], measured no faster here and is
+//! chosen by `ENGRAM_KERNEL=avx512`), else plain Rust ([`blocks::group_product`]), chosen at run
+//! time. Many vectors (a prompt): weight tiles are
 //! dequantized exactly into a cache-sized buffer and multiplied with f32 gemm.
 //!
 //! Work is split across rayon's threads in whole groups of sixteen rows.
@@ -63,24 +64,35 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest this CPU runs. `ENGRAM_KERNEL=avx2|portable` picks a slower one (to compare).
+    /// The kernel for decoding: AVX2 where the CPU has it, else plain Rust. `ENGRAM_KERNEL=
+    /// avx512|avx2|portable` picks another the CPU runs. AVX2 is preferred over AVX-512 because it
+    /// measured as fast or faster for decoding on the benchmark machine (AMD EPYC, `kernels` and
+    /// `generate` rows of docs/BENCHMARKS.md); all give the same bits.
     pub fn best() -> Kernel {
         static BEST: OnceLock<Kernel> = OnceLock::new();
         *BEST.get_or_init(|| {
             let available = Kernel::available();
-            let wanted = std::env::var("ENGRAM_KERNEL").ok();
-            wanted
-                .and_then(|name| {
-                    available
-                        .iter()
-                        .copied()
-                        .find(|k| format!("{k:?}").eq_ignore_ascii_case(&name))
-                })
-                .unwrap_or(available[0])
+            let wanted = std::env::var("ENGRAM_KERNEL").ok().and_then(|name| {
+                available
+                    .iter()
+                    .copied()
+                    .find(|k| format!("{k:?}").eq_ignore_ascii_case(&name))
+            });
+            wanted.unwrap_or(if available.contains(&Kernel::Avx2) {
+                Kernel::Avx2
+            } else {
+                available[0]
+            })
         })
     }
 
-    /// Those this CPU runs, fastest first.
+    /// The widest this CPU runs: the one that dequantizes a prompt's weight tiles.
+    pub fn widest() -> Kernel {
+        static WIDEST: OnceLock<Kernel> = OnceLock::new();
+        *WIDEST.get_or_init(|| Kernel::available()[0])
+    }
+
+    /// Those this CPU runs, widest first.
     pub fn available() -> Vec<Kernel> {
         let mut kernels = Vec::new();
         #[cfg(target_arch = "x86_64")]
@@ -206,7 +218,7 @@ impl Matrix {
     /// share one pass over the weights, the dequantized copy never goes out to memory, and the tiles
     /// spread over rayon's threads.
     pub fn matmul(&self, x: &[f32], tokens: usize, y: &mut [f32]) {
-        self.matmul_with(x, tokens, y, Kernel::best());
+        self.matmul_with(x, tokens, y, Kernel::widest());
     }
 
     fn matmul_with(&self, x: &[f32], tokens: usize, y: &mut [f32], kernel: Kernel) {
@@ -315,15 +327,84 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// `y += a x`.
-pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2::available() && x.len() == y.len() && x.len().is_multiple_of(8) {
-        // SAFETY: the CPU has AVX2 and FMA; equal lengths, a multiple of 8.
-        return unsafe { avx2::axpy(a, x, y) };
+/// Causal attention of one token for the query heads sharing one key/value head: `queries` is
+/// `heads x d` (`d` = `head_dim`); row `p` of the keys (values) is `keys[p * stride..][..d]`, for
+/// the `visible` positions; `out` (`heads x d`) receives each head's softmax-weighted values.
+/// `scores` is scratch. Each key and value row is read once for all the heads.
+pub struct Attention<'a> {
+    /// `heads x head_dim` queries.
+    pub queries: &'a [f32],
+    /// Keys, row `p` at `p * stride`.
+    pub keys: &'a [f32],
+    /// Values, row `p` at `p * stride`.
+    pub values: &'a [f32],
+    /// Floats between consecutive positions' rows.
+    pub stride: usize,
+    /// Positions seen.
+    pub visible: usize,
+    /// Features per head.
+    pub head_dim: usize,
+    /// Score scale (`1 / sqrt(head_dim)`).
+    pub scale: f32,
+}
+
+impl Attention<'_> {
+    /// Writes the heads' outputs into `out` (`heads x head_dim`).
+    pub fn run(&self, scores: &mut Vec<f32>, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if avx2::available() && self.head_dim.is_multiple_of(8) {
+            // SAFETY: the CPU has AVX2 and FMA; the head size is a multiple of 8.
+            return unsafe { avx2::attend(self, scores, out) };
+        }
+        self.run_with(
+            scores,
+            out,
+            |a, b| a.iter().zip(b).map(|(x, y)| x * y).sum(),
+            |a, x, y| {
+                for (y, x) in y.iter_mut().zip(x) {
+                    *y += a * x;
+                }
+            },
+        );
     }
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += a * x;
+
+    /// [`Attention::run`]'s steps, with the dot product and `y += a x` given.
+    #[inline(always)]
+    fn run_with(
+        &self,
+        scores: &mut Vec<f32>,
+        out: &mut [f32],
+        dot: impl Fn(&[f32], &[f32]) -> f32,
+        axpy: impl Fn(f32, &[f32], &mut [f32]),
+    ) {
+        let (d, visible) = (self.head_dim, self.visible);
+        let heads = self.queries.len() / d;
+        scores.clear();
+        scores.resize(heads * visible, 0.0);
+        for p in 0..visible {
+            let key = &self.keys[p * self.stride..][..d];
+            for h in 0..heads {
+                scores[h * visible + p] = dot(&self.queries[h * d..][..d], key) * self.scale;
+            }
+        }
+        for row in scores.chunks_exact_mut(visible) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0f32;
+            for s in row.iter_mut() {
+                *s = (*s - max).exp();
+                total += *s;
+            }
+            for s in row.iter_mut() {
+                *s /= total;
+            }
+        }
+        out.fill(0.0);
+        for p in 0..visible {
+            let value = &self.values[p * self.stride..][..d];
+            for h in 0..heads {
+                axpy(scores[h * visible + p], value, &mut out[h * d..][..d]);
+            }
+        }
     }
 }
 
@@ -532,6 +613,56 @@ mod tests {
                 };
                 within(&y[t * rows..(t + 1) * rows], &one, &slack, &format!("token {t}"));
             }
+        }
+    }
+
+    #[test]
+    fn attention_of_a_head_group_equals_the_softmax_formula_head_by_head() {
+        // Three query heads of 16 features share key/value head 1 of 2 (stride 32), 10 positions.
+        let (heads, d, stride, visible) = (3, 16, 32, 10);
+        let queries: Vec<f32> = (0..heads * d).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.1).collect();
+        let keys: Vec<f32> = (0..visible * stride)
+            .map(|i| ((i * 5 % 13) as f32 - 6.0) * 0.07)
+            .collect();
+        let values: Vec<f32> = (0..visible * stride)
+            .map(|i| ((i * 3 % 17) as f32 - 8.0) * 0.05)
+            .collect();
+        let scale = 0.25;
+        let attention = |queries| Attention {
+            queries,
+            keys: &keys[d..],
+            values: &values[d..],
+            stride,
+            visible,
+            head_dim: d,
+            scale,
+        };
+        let mut out = vec![0f32; heads * d];
+        attention(&queries).run(&mut Vec::new(), &mut out);
+        for h in 0..heads {
+            let q = &queries[h * d..(h + 1) * d];
+            let scores: Vec<f64> = (0..visible)
+                .map(|p| {
+                    let k = &keys[p * stride + d..p * stride + 2 * d];
+                    q.iter().zip(k).map(|(a, b)| f64::from(a * b)).sum::<f64>() * f64::from(scale)
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+            for j in 0..d {
+                let want: f64 = (0..visible)
+                    .map(|p| (scores[p] - max).exp() / total * f64::from(values[p * stride + d + j]))
+                    .sum();
+                let got = out[h * d + j];
+                assert!(
+                    (f64::from(got) - want).abs() < 1e-5,
+                    "head {h}, feature {j}: {got} vs {want}"
+                );
+            }
+            // One head alone gives the same as within its group.
+            let mut alone = vec![0f32; d];
+            attention(q).run(&mut Vec::new(), &mut alone);
+            assert_eq!(alone, out[h * d..(h + 1) * d]);
         }
     }
 
