@@ -173,18 +173,107 @@ pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// [`super::Attention::run`] compiled for AVX2, its dot products and `y += a x` inlined.
+/// [`super::Attention::run`] with AVX2: for heads of 64 or 128 features, scores for eight
+/// positions at a time (eight running sums, one transposing horizontal add) and the weighted sum
+/// of the values kept in registers; other sizes use [`dot_f32`] and [`axpy`].
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA; the head size must be a multiple of 8.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn attend(attention: &super::Attention<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
-    attention.run_with(
-        scores,
-        out,
-        // SAFETY: this function's target features; the slices are whole heads (multiples of 8).
-        |a, b| unsafe { dot_f32(a, b) },
+    match attention.head_dim {
+        64 => attention.run_with(
+            scores,
+            out,
+            |query, scores| unsafe { head_scores::<8>(attention, query, scores) },
+            |weights, out| unsafe { head_sum::<8>(attention, weights, out) },
+        ),
+        128 => attention.run_with(
+            scores,
+            out,
+            |query, scores| unsafe { head_scores::<16>(attention, query, scores) },
+            |weights, out| unsafe { head_sum::<16>(attention, weights, out) },
+        ),
+        d => attention.run_with(
+            scores,
+            out,
+            // SAFETY (both): this function's target features; whole heads, multiples of 8.
+            |query, scores| {
+                for (p, score) in scores.iter_mut().enumerate() {
+                    let key = &attention.keys[p * attention.stride..][..d];
+                    *score = unsafe { dot_f32(query, key) } * attention.scale;
+                }
+            },
+            |weights, out| {
+                out.fill(0.0);
+                for (p, &w) in weights.iter().enumerate() {
+                    unsafe { axpy(w, &attention.values[p * attention.stride..][..d], out) };
+                }
+            },
+        ),
+    }
+}
+
+/// One query (`8 * N` features) against every visible key, eight positions at a time.
+///
+/// # Safety
+/// AVX2 and FMA; `query` has `8 * N` values and each key row as many.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn head_scores<const N: usize>(attention: &super::Attention<'_>, query: &[f32], scores: &mut [f32]) {
+    let d = 8 * N;
+    let key = |p: usize| &attention.keys[p * attention.stride..][..d];
+    let visible = scores.len();
+    let scale = _mm256_set1_ps(attention.scale);
+    let mut p0 = 0;
+    while p0 + 8 <= visible {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for i in 0..N {
+            // SAFETY: `query` and every key row have `8 * N` floats.
+            let q = unsafe { _mm256_loadu_ps(query.as_ptr().add(8 * i)) };
+            for (j, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(q, unsafe { _mm256_loadu_ps(key(p0 + j).as_ptr().add(8 * i)) }, *acc);
+            }
+        }
+        // Eight horizontal sums at once: lane j of the result is position p0 + j's.
+        let t0 = _mm256_hadd_ps(acc[0], acc[1]);
+        let t1 = _mm256_hadd_ps(acc[2], acc[3]);
+        let t2 = _mm256_hadd_ps(acc[4], acc[5]);
+        let t3 = _mm256_hadd_ps(acc[6], acc[7]);
+        let u0 = _mm256_hadd_ps(t0, t1);
+        let u1 = _mm256_hadd_ps(t2, t3);
+        let sums = _mm256_add_ps(
+            _mm256_permute2f128_ps(u0, u1, 0x20),
+            _mm256_permute2f128_ps(u0, u1, 0x31),
+        );
+        // SAFETY: `p0 + 8 <= scores.len()`.
+        unsafe { _mm256_storeu_ps(scores.as_mut_ptr().add(p0), _mm256_mul_ps(sums, scale)) };
+        p0 += 8;
+    }
+    for (p, score) in scores.iter_mut().enumerate().skip(p0) {
         // SAFETY: as above.
-        |a, x, y| unsafe { axpy(a, x, y) },
-    );
+        *score = unsafe { dot_f32(query, key(p)) } * attention.scale;
+    }
+}
+
+/// `out = Σ_p weights[p] · value_p` for one head (`8 * N` features), the sum in registers.
+///
+/// # Safety
+/// AVX2 and FMA; `out` and each value row have `8 * N` floats.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn head_sum<const N: usize>(attention: &super::Attention<'_>, weights: &[f32], out: &mut [f32]) {
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (p, &w) in weights.iter().enumerate() {
+        let w = _mm256_set1_ps(w);
+        let value = &attention.values[p * attention.stride..][..8 * N];
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: the row has `8 * N` floats.
+            *acc = _mm256_fmadd_ps(w, unsafe { _mm256_loadu_ps(value.as_ptr().add(8 * i)) }, *acc);
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        // SAFETY: `out` has `8 * N` floats.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), *acc) };
+    }
 }

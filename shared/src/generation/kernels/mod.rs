@@ -330,7 +330,7 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 /// Causal attention of one token for the query heads sharing one key/value head: `queries` is
 /// `heads x d` (`d` = `head_dim`); row `p` of the keys (values) is `keys[p * stride..][..d]`, for
 /// the `visible` positions; `out` (`heads x d`) receives each head's softmax-weighted values.
-/// `scores` is scratch. Each key and value row is read once for all the heads.
+/// `scores` is scratch. The heads of one task share the key and value rows in cache.
 pub struct Attention<'a> {
     /// `heads x head_dim` queries.
     pub queries: &'a [f32],
@@ -359,51 +359,48 @@ impl Attention<'_> {
         self.run_with(
             scores,
             out,
-            |a, b| a.iter().zip(b).map(|(x, y)| x * y).sum(),
-            |a, x, y| {
-                for (y, x) in y.iter_mut().zip(x) {
-                    *y += a * x;
+            |query, scores| {
+                for (p, score) in scores.iter_mut().enumerate() {
+                    let key = &self.keys[p * self.stride..][..self.head_dim];
+                    *score = query.iter().zip(key).map(|(x, y)| x * y).sum::<f32>() * self.scale;
+                }
+            },
+            |weights, out| {
+                out.fill(0.0);
+                for (p, w) in weights.iter().enumerate() {
+                    for (o, v) in out.iter_mut().zip(&self.values[p * self.stride..][..self.head_dim]) {
+                        *o += w * v;
+                    }
                 }
             },
         );
     }
 
-    /// [`Attention::run`]'s steps, with the dot product and `y += a x` given.
+    /// [`Attention::run`]'s steps, head by head, with the scores of one query against every
+    /// visible key, and the weighted sum of the values, given.
     #[inline(always)]
     fn run_with(
         &self,
         scores: &mut Vec<f32>,
         out: &mut [f32],
-        dot: impl Fn(&[f32], &[f32]) -> f32,
-        axpy: impl Fn(f32, &[f32], &mut [f32]),
+        score: impl Fn(&[f32], &mut [f32]),
+        sum: impl Fn(&[f32], &mut [f32]),
     ) {
         let (d, visible) = (self.head_dim, self.visible);
-        let heads = self.queries.len() / d;
         scores.clear();
-        scores.resize(heads * visible, 0.0);
-        for p in 0..visible {
-            let key = &self.keys[p * self.stride..][..d];
-            for h in 0..heads {
-                scores[h * visible + p] = dot(&self.queries[h * d..][..d], key) * self.scale;
-            }
-        }
-        for row in scores.chunks_exact_mut(visible) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        scores.resize(visible, 0.0);
+        for (query, out) in self.queries.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            score(query, scores);
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut total = 0f32;
-            for s in row.iter_mut() {
+            for s in scores.iter_mut() {
                 *s = (*s - max).exp();
                 total += *s;
             }
-            for s in row.iter_mut() {
+            for s in scores.iter_mut() {
                 *s /= total;
             }
-        }
-        out.fill(0.0);
-        for p in 0..visible {
-            let value = &self.values[p * self.stride..][..d];
-            for h in 0..heads {
-                axpy(scores[h * visible + p], value, &mut out[h * d..][..d]);
-            }
+            sum(scores, out);
         }
     }
 }
@@ -618,8 +615,15 @@ mod tests {
 
     #[test]
     fn attention_of_a_head_group_equals_the_softmax_formula_head_by_head() {
-        // Three query heads of 16 features share key/value head 1 of 2 (stride 32), 10 positions.
-        let (heads, d, stride, visible) = (3, 16, 32, 10);
+        // Three query heads share key/value head 1 of 2, 13 positions (eight at a time and a
+        // rest): head sizes with their own code (64) and without (16).
+        for d in [16, 64] {
+            attention_case(d);
+        }
+    }
+
+    fn attention_case(d: usize) {
+        let (heads, stride, visible) = (3, 2 * d, 13);
         let queries: Vec<f32> = (0..heads * d).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.1).collect();
         let keys: Vec<f32> = (0..visible * stride)
             .map(|i| ((i * 5 % 13) as f32 - 6.0) * 0.07)
