@@ -141,6 +141,9 @@ async fn filters_select_by_source_quality_and_change_time(store: &dyn DocumentSt
     assert_eq!(good_docs.len(), 1, "only the crawl page is scored >= 0.5");
     assert_eq!(store.count(&good).await.unwrap(), 1);
 
+    // Stored times have millisecond precision and `changed_since` includes its own instant: the
+    // cutoff falls in a millisecond of its own, after every earlier write and before the new one.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let cutoff = engram_shared::time::now();
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     store.upsert(page(Source::File, 1, "new file")).await.unwrap();
