@@ -1,5 +1,5 @@
 //! A llama-family forward pass over [`kernels::Matrix`]: the model's stored blocks, multiplied with
-//! f32 activations (see `kernels.rs` for why), for `WeightFormat::Packed`.
+//! f32 activations (see `kernels/mod.rs` for why), for `WeightFormat::Packed`.
 //!
 //! The same computation as candle's `quantized_llama` on f32 weights: token embedding, then per layer
 //! RMS norm → Q, K, V → interleaved RoPE (ggml's llama convention) → causal attention with grouped

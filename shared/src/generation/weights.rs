@@ -39,7 +39,7 @@ pub enum WeightFormat {
     /// Full precision: exact, the most memory (5.5x a Q4_1 file).
     F32,
     /// The default: the stored Q4_1/Q8_0 blocks, kept packed and dequantized exactly inside
-    /// engram's own kernels (`kernels.rs`, `llama.rs`), activations in f32 or 16-bit blocks: the
+    /// engram's own kernels (`kernels/`, `llama.rs`), activations in f32 or 16-bit blocks: the
     /// f32 answers, at about the file's memory, decoding several times faster than f32.
     #[default]
     Packed,
