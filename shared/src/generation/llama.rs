@@ -534,7 +534,7 @@ impl Llama {
                     head_dim,
                     scale,
                 };
-                attention.run(&mut Vec::with_capacity(per_task * (start + n)), out);
+                attention.run(&mut Vec::with_capacity(start + n), out);
             });
             project(&attended, n, &mut [(&layer.o, &mut projected)]);
             for (x, p) in x.iter_mut().zip(&projected) {

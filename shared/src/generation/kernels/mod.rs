@@ -356,6 +356,11 @@ impl Attention<'_> {
             // SAFETY: the CPU has AVX2 and FMA; the head size is a multiple of 8.
             return unsafe { avx2::attend(self, scores, out) };
         }
+        self.run_portable(scores, out);
+    }
+
+    /// [`Attention::run`] in plain Rust.
+    fn run_portable(&self, scores: &mut Vec<f32>, out: &mut [f32]) {
         self.run_with(
             scores,
             out,
@@ -643,6 +648,12 @@ mod tests {
         };
         let mut out = vec![0f32; heads * d];
         attention(&queries).run(&mut Vec::new(), &mut out);
+        // The plain-Rust steps agree with whichever ran (the SIMD ones where the CPU has them).
+        let mut portable = vec![0f32; heads * d];
+        attention(&queries).run_portable(&mut Vec::new(), &mut portable);
+        for (a, b) in portable.iter().zip(&out) {
+            assert!((a - b).abs() < 1e-6, "plain {a} vs {b}");
+        }
         for h in 0..heads {
             let q = &queries[h * d..(h + 1) * d];
             let scores: Vec<f64> = (0..visible)
