@@ -56,6 +56,9 @@ pub enum Command {
     Dataset(Box<DatasetArgs>),
     /// List dataset versions with their lineage, or export one as a plain directory.
     Datasets(DatasetsArgs),
+    /// Fine-tune the SLM on a dataset version with LoRA, write the adapter (PEFT layout) and the
+    /// merged model (HF layout and GGUF), and register it as a new model version with its lineage.
+    Train(Box<TrainArgs>),
     /// Run every configured stage in order as one recorded run; unchanged steps are skipped.
     Run(RunArgs),
     /// List pipeline runs with their steps, status and durations.
@@ -282,7 +285,18 @@ pub enum ModelsCommand {
     /// new model version.
     Register(RegisterModelArgs),
     /// List model versions and which one is in production.
-    List,
+    List(ListModelsArgs),
+    /// Point `production` at a model version (the service picks it up).
+    Promote(PromoteArgs),
+    /// Point `production` back at the version it named before the last move.
+    Rollback,
+    /// Merge a LoRA adapter in PEFT's layout (trained by `peft` or by `train`) into its base model
+    /// and register the result as a new model version.
+    ImportAdapter(ImportAdapterArgs),
+    /// Write a registered model into a new directory for use elsewhere: the served file
+    /// (`model.gguf` or an HF directory), and for a fine-tuned model its merged HF directory
+    /// (`hf/`), PEFT adapter (`adapter/`) and training report (`report/`).
+    Export(ExportModelArgs),
     /// Write a GGUF model as an HF-layout directory (f32 safetensors, config, tokenizer, chat
     /// template): the starting point a fine-tuning run trains from.
     ExportHf(ExportHfArgs),
@@ -293,6 +307,49 @@ pub enum ModelsCommand {
 pub struct ExportHfArgs {
     /// The llama-family GGUF file.
     pub gguf: PathBuf,
+    /// A new or empty directory.
+    pub dir: PathBuf,
+}
+
+/// Options of `models list`.
+#[derive(Debug, Args)]
+pub struct ListModelsArgs {
+    /// Print JSON (every version with its aliases, lineage and metrics).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `models promote`.
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The model version (`3` or `v3`).
+    pub version: String,
+}
+
+/// Options of `models import-adapter`.
+#[derive(Debug, Args)]
+pub struct ImportAdapterArgs {
+    /// The adapter directory (adapter_config.json, adapter_model.safetensors).
+    pub adapter: PathBuf,
+
+    /// The base model it was trained on: a model version, or a GGUF file / HF-layout directory.
+    #[arg(long)]
+    pub base: String,
+
+    /// Name of the registered model (default: the adapter directory's name).
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Block type of the merged projections when the base is a GGUF.
+    #[arg(long, value_enum, default_value = "q8-0")]
+    pub merged_blocks: crate::train::merge::MergedBlocks,
+}
+
+/// Options of `models export`.
+#[derive(Debug, Args)]
+pub struct ExportModelArgs {
+    /// The model version (`3`, `v3`) or `production`.
+    pub version: String,
     /// A new or empty directory.
     pub dir: PathBuf,
 }
@@ -378,6 +435,34 @@ pub struct IndexesArgs {
 pub enum EvalCommand {
     /// Retrieval quality of the live index: hit@1/3/5 and MRR over a question set.
     Retrieval(EvalRetrievalArgs),
+    /// Summaries of a dataset's test split by each model (greedy): ROUGE-1/2/L, length,
+    /// faithfulness, with a bootstrap interval of the ROUGE-L difference; stored on each version.
+    Model(EvalModelArgs),
+}
+
+/// Options of `eval model`.
+#[derive(Debug, Clone, Args)]
+pub struct EvalModelArgs {
+    /// The dataset version whose test split is used: a number or `latest`.
+    #[arg(long, default_value = "latest")]
+    pub dataset: String,
+
+    /// The models, comma-separated: versions (`3`, `v3`), `production`, or model files. Default:
+    /// production and, when it is fine-tuned, its base.
+    #[arg(long, value_delimiter = ',')]
+    pub models: Vec<String>,
+
+    /// Most tokens per answer (default: the teacher's limit recorded with the dataset, else 256).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+
+    /// The embedding model (faithfulness).
+    #[command(flatten)]
+    pub embedding: EmbeddingArgs,
+
+    /// Also write the report (markdown, chart, answers) into this new directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// Options of `eval retrieval`.
@@ -587,4 +672,114 @@ pub struct FilterArgs {
     #[arg(long)]
     #[serde(skip)]
     pub json: bool,
+}
+
+/// Options of `train`.
+#[derive(Debug, Clone, Args, serde::Serialize)]
+pub struct TrainArgs {
+    /// The dataset version to train on: a number (see `feature-pipeline datasets`) or `latest`.
+    #[arg(long, env = "ENGRAM_TRAIN_DATASET", default_value = "latest")]
+    pub dataset: String,
+
+    /// The base model: a model version (`v3`, `3`, `production`), a GGUF file or an HF-layout
+    /// directory. Default: the production model's own base (a fine-tuned production model is not
+    /// trained on again), or the production model when it is a base.
+    #[arg(long, env = "ENGRAM_TRAIN_BASE")]
+    pub base: Option<String>,
+
+    /// LoRA rank r.
+    #[arg(long, env = "ENGRAM_TRAIN_RANK", default_value_t = 16)]
+    pub rank: usize,
+
+    /// LoRA alpha (updates are scaled by alpha / r).
+    #[arg(long, env = "ENGRAM_TRAIN_ALPHA", default_value_t = 16.0)]
+    pub alpha: f64,
+
+    /// Dropout on the adapters' input while training.
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f64,
+
+    /// The projections that get adapters, comma-separated (q, k, v, o, gate, up, down).
+    #[arg(long, value_delimiter = ',', default_value = "q,k,v,o,gate,up,down")]
+    pub targets: Vec<String>,
+
+    /// Peak learning rate (AdamW).
+    #[arg(long, env = "ENGRAM_TRAIN_LEARNING_RATE", default_value_t = 2e-4)]
+    pub learning_rate: f64,
+
+    /// AdamW's weight decay.
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+
+    /// Share of the steps spent warming the learning rate up (then it decays linearly to 0).
+    #[arg(long, default_value_t = 0.1)]
+    pub warmup_ratio: f64,
+
+    /// Passes over the training split.
+    #[arg(long, env = "ENGRAM_TRAIN_EPOCHS", default_value_t = 3)]
+    pub epochs: usize,
+
+    /// Examples per batch (packed into one forward pass).
+    #[arg(long, env = "ENGRAM_TRAIN_BATCH_SIZE", default_value_t = 4)]
+    pub batch_size: usize,
+
+    /// Batches whose gradients make one optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub gradient_accumulation: usize,
+
+    /// Longest example in tokens (prompt and answer); longer rows are left out and counted.
+    #[arg(long, env = "ENGRAM_TRAIN_MAX_SEQ_LEN", default_value_t = 1024)]
+    pub max_seq_len: usize,
+
+    /// Seed of the adapters' initialisation and the batches' order.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+
+    /// CPU threads (0: one per core).
+    #[arg(long, env = "ENGRAM_TRAIN_THREADS", default_value_t = 0)]
+    pub threads: usize,
+
+    /// Save a checkpoint (adapter, optimizer state, step) every this many optimizer steps; a rerun
+    /// of the same training resumes from the last one (0: never).
+    #[arg(long, env = "ENGRAM_TRAIN_CHECKPOINT_EVERY", default_value_t = 10)]
+    pub checkpoint_every: usize,
+
+    /// Block type of the merged projections in the served GGUF: q8_0 keeps small updates, base
+    /// reuses the base file's types (Q4_1 for SmolLM2: smaller, but small updates round away).
+    #[arg(long, value_enum, default_value = "q8-0")]
+    pub merged_blocks: crate::train::merge::MergedBlocks,
+
+    /// Where to run: cpu, or cuda (needs a build with candle's cuda feature).
+    #[arg(long, env = "ENGRAM_TRAIN_DEVICE", default_value = "cpu")]
+    pub device: String,
+
+    /// Also write the adapter, merged model and report into this new directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+
+    /// Name of the registered model (default: `<base name>-lora`).
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Point `production` at the new version (unconditionally).
+    #[arg(long)]
+    pub promote: bool,
+
+    /// Point `production` at the new version only when its test ROUGE-L beats the current
+    /// production model's on the same test split.
+    #[arg(long, env = "ENGRAM_TRAIN_PROMOTE_IF_BETTER")]
+    pub promote_if_better: bool,
+
+    /// Most tokens per answer when evaluating (default: the dataset's teacher limit).
+    #[arg(long)]
+    pub eval_max_tokens: Option<usize>,
+
+    /// The embedding model (the evaluation's faithfulness).
+    #[command(flatten)]
+    #[serde(skip)]
+    pub embedding: EmbeddingArgs,
+
+    /// Train again even when the same training is recorded as done.
+    #[arg(long)]
+    pub no_cache: bool,
 }

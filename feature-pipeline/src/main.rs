@@ -13,6 +13,7 @@ mod report;
 mod retry;
 mod steps;
 mod teacher;
+mod train;
 
 use clap::Parser;
 
@@ -34,6 +35,7 @@ async fn main() -> std::process::ExitCode {
         Command::Models(command) => commands::models::run(&config.storage, command).await,
         Command::Dataset(args) => commands::dataset::run(&config.storage, args).await,
         Command::Datasets(args) => commands::dataset::datasets(&config.storage, args).await,
+        Command::Train(args) => commands::train::run(&config.storage, args).await,
         Command::Run(args) => commands::run::run(&config.storage, args).await,
         Command::Runs(args) => commands::runs::run(&config.storage, args).await,
     };

@@ -75,6 +75,113 @@ pub fn bar_chart(path: &Path, title: &str, x_label: &str, labels: &[String], cou
     Ok(())
 }
 
+/// Draws `series` (name, points) as lines over a shared x axis into a PNG at `path`.
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(&str, Vec<(f64, f64)>)],
+) -> anyhow::Result<()> {
+    register_fonts();
+    let points = || series.iter().flat_map(|(_, p)| p.iter().copied());
+    let (x_max, y_max) = points().fold((1.0f64, 0.0f64), |(x, y), (px, py)| (x.max(px), y.max(py)));
+    let y_min = points().map(|(_, y)| y).fold(f64::INFINITY, f64::min).min(y_max);
+    let y_min = if y_min.is_finite() { (y_min * 0.9).max(0.0) } else { 0.0 };
+    let root = BitMapBackend::new(path, (900, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22).into_font().style(FontStyle::Bold))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..x_max, y_min..(y_max * 1.05).max(y_min + 1e-3))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .label_style(("sans-serif", 13))
+        .axis_desc_style(("sans-serif", 15))
+        .draw()?;
+    let colors = [
+        RGBColor(0x3b, 0x6e, 0xa8),
+        RGBColor(0xd9, 0x5f, 0x02),
+        RGBColor(0x1b, 0x9e, 0x77),
+    ];
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        chart
+            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Draws one group of bars per label, one bar per series (values from 0 to 1, e.g. scores).
+pub fn grouped_bars(path: &Path, title: &str, labels: &[String], series: &[(&str, Vec<f64>)]) -> anyhow::Result<()> {
+    register_fonts();
+    let root = BitMapBackend::new(path, (900, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let top = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .fold(0.0f64, f64::max)
+        .max(0.01);
+    let slots = series.len().max(1) + 1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22).into_font().style(FontStyle::Bold))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..(labels.len() * slots) as f64, 0f64..top * 1.15)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .label_style(("sans-serif", 13))
+        .draw()?;
+    let colors = [
+        RGBColor(0x3b, 0x6e, 0xa8),
+        RGBColor(0xd9, 0x5f, 0x02),
+        RGBColor(0x1b, 0x9e, 0x77),
+    ];
+    for (s, (name, values)) in series.iter().enumerate() {
+        let color = colors[s % colors.len()];
+        chart
+            .draw_series(values.iter().enumerate().map(|(g, &v)| {
+                let x = (g * slots + s) as f64 + 0.5;
+                Rectangle::new([(x, 0.0), (x + 0.9, v)], color.filled())
+            }))?
+            .label(*name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
+    for (g, label) in labels.iter().enumerate() {
+        let x = (g * slots) as f64 + 0.5;
+        chart.draw_series(std::iter::once(Text::new(
+            label.clone(),
+            (x, top * 1.1),
+            ("sans-serif", 14),
+        )))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {

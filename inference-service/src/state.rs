@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use engram_shared::embedding::Embedder;
 use engram_shared::generation::{Generator, GeneratorOptions};
-use engram_shared::registry::{AliasKind, HF_TREE_FORMAT, MODEL_FORMAT_HF, MODEL_PRODUCTION};
+use engram_shared::registry::{AliasKind, MODEL_PRODUCTION};
 use engram_shared::storage::Storage;
 use engram_shared::vectors::manifest::IndexManifest;
 
@@ -70,24 +70,7 @@ pub async fn load_model(
             let model = storage.registry.model(version).await?.with_context(|| {
                 format!("the production alias names model version {version}, which is not registered")
             })?;
-            let file = home
-                .join("cache")
-                .join("models")
-                .join(format!("{}.{}", model.spec.artifact_hash, model.spec.format));
-            if !file.exists() {
-                if let Some(dir) = file.parent() {
-                    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-                }
-                // Every download is verified against its hash, and lands at `file` only whole.
-                if model.spec.format == MODEL_FORMAT_HF {
-                    storage
-                        .artifacts
-                        .get_tree(&model.spec.artifact_hash, HF_TREE_FORMAT, &file)
-                        .await?;
-                } else {
-                    storage.artifacts.get_to_file(&model.spec.artifact_hash, &file).await?;
-                }
-            }
+            let file = storage.model_files(home, &model).await?;
             (file, Some(version), format!("{}-v{version}", model.spec.name))
         }
     };

@@ -1,5 +1,6 @@
 //! Opens every store from one [`StorageConfig`]: the one place that chooses backends.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::Result;
@@ -8,7 +9,7 @@ use crate::config::StorageConfig;
 use crate::documents::DocumentStore;
 use crate::documents::mongo::MongoDocumentStore;
 use crate::documents::sqlite::SqliteDocumentStore;
-use crate::registry::Registry;
+use crate::registry::{HF_TREE_FORMAT, MODEL_FORMAT_HF, ModelVersion, Registry};
 use crate::vectors::VectorIndex;
 use crate::vectors::edge::EdgeVectorIndex;
 use crate::vectors::qdrant::QdrantVectorIndex;
@@ -35,6 +36,29 @@ impl Storage {
             vectors: open_vectors(config).await?,
             artifacts: open_artifacts(config).await?,
         })
+    }
+
+    /// A registered model's files, downloaded once into `home/cache/models` (verified against the
+    /// artifact hash, and in place only whole): a GGUF file or an HF-layout directory.
+    pub async fn model_files(&self, home: &Path, model: &ModelVersion) -> Result<PathBuf> {
+        let file = home
+            .join("cache")
+            .join("models")
+            .join(format!("{}.{}", model.spec.artifact_hash, model.spec.format));
+        if !file.exists() {
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| crate::Error::Invalid(format!("cannot create {}: {e}", dir.display())))?;
+            }
+            if model.spec.format == MODEL_FORMAT_HF {
+                self.artifacts
+                    .get_tree(&model.spec.artifact_hash, HF_TREE_FORMAT, &file)
+                    .await?;
+            } else {
+                self.artifacts.get_to_file(&model.spec.artifact_hash, &file).await?;
+            }
+        }
+        Ok(file)
     }
 
     /// One line per store: which backend serves it.

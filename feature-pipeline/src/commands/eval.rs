@@ -19,6 +19,7 @@ const CHUNKS: usize = 25;
 pub async fn run(config: &StorageConfig, command: &EvalCommand) -> Result<()> {
     match command {
         EvalCommand::Retrieval(args) => retrieval(config, args).await,
+        EvalCommand::Model(args) => super::eval_model::run(config, args).await,
     }
 }
 

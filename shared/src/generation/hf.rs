@@ -8,14 +8,12 @@
 //! two rotary halves apart ("rotate half") where GGUF interleaves them; the rows are permuted at
 //! load so one forward pass serves both.
 //!
-//! [`export_gguf`] goes the other way: it writes a GGUF's model as such a directory, exactly
-//! (dequantized to f32), so a fine-tuning run can start from the served base model.
+//! [`write`] goes the other way: it writes a [`Checkpoint`] (a GGUF's model dequantized exactly, or
+//! a fine-tuned model merged) as such a directory, for transformers, PEFT and the registry.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::gguf_file::Content;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
@@ -23,9 +21,9 @@ use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
 use super::GenerationError;
-use super::gguf_tokenizer;
+use super::checkpoint::Checkpoint;
 use super::kernels::Matrix;
-use super::llama::{self, Llama, Part, Shape, Source};
+use super::llama::{Llama, Part, Shape, Source};
 use crate::staged_dir::StagedDir;
 
 type Result<T> = std::result::Result<T, GenerationError>;
@@ -159,9 +157,9 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Reorders the rows of a query/key projection (`heads` heads of `rows / heads` rows each).
+/// Reorders the rows of a query/key projection (or of a LoRA `B` matrix beside one) (`heads` heads of `rows / heads` rows each).
 /// `to_gguf`: from transformers' halves (`i * half + j`) to GGUF's pairs (`2 j + i`); else back.
-fn permute_rows(data: &[f32], rows: usize, cols: usize, heads: usize, to_gguf: bool) -> Vec<f32> {
+pub fn permute_rows(data: &[f32], rows: usize, cols: usize, heads: usize, to_gguf: bool) -> Vec<f32> {
     let head_dim = rows / heads;
     let half = head_dim / 2;
     let mut out = vec![0f32; data.len()];
@@ -245,8 +243,32 @@ fn chat_template(value: &Value) -> Option<String> {
     }
 }
 
-/// Reads the HF-layout model in `dir`, keeping at most `max_positions` positions.
-pub fn load(dir: &Path, max_positions: usize) -> Result<HfModel> {
+/// An HF-layout directory opened: its shape, tokenizer and special tokens read, its tensors mapped.
+pub struct HfDir<'a> {
+    source: HfSource<'a>,
+    /// The model's shape.
+    pub shape: Shape,
+    /// `tokenizer.json`.
+    pub tokenizer: Tokenizer,
+    /// The chat template's source, when the directory has one.
+    pub chat_template: Option<String>,
+    /// Tokens that end a generation.
+    pub eos: Vec<u32>,
+    /// The beginning-of-sequence token, when prompts start with one.
+    pub bos: Option<u32>,
+    /// Positions the model was trained for (at most the `max_positions` asked for).
+    pub context_length: usize,
+}
+
+impl HfDir<'_> {
+    /// The tensors, read through the same [`Source`] the forward pass is built from.
+    pub fn source(&mut self) -> &mut dyn Source {
+        &mut self.source
+    }
+}
+
+/// Opens the HF-layout model in `dir`, keeping at most `max_positions` positions.
+pub fn open(dir: &Path, max_positions: usize) -> Result<HfDir<'_>> {
     let config: Config = read_json(dir, "config.json")?
         .ok_or_else(|| error(dir, "no config.json: pass a GGUF file or an HF-layout model directory"))?;
     let llama_like =
@@ -284,19 +306,17 @@ pub fn load(dir: &Path, max_positions: usize) -> Result<HfModel> {
     };
     let files = weight_files(dir)?;
     // SAFETY: the files are mapped read-only; engram never writes a registered model's files, and
-    // the tensors are copied out before `load` returns.
+    // the tensors are copied out before the mapping is dropped.
     let tensors =
         unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| error(dir, format!("unreadable safetensors: {e}")))?;
     let context_length = config.max_position_embeddings.min(max_positions);
-    let mut source = HfSource { dir, tensors, shape };
+    let source = HfSource { dir, tensors, shape };
     if !config.tie_word_embeddings && !source.has(Part::Output) {
         return Err(error(
             dir,
             "config.json says the output is not tied to the embedding, but lm_head.weight is missing",
         ));
     }
-    let llama = Llama::build(shape, &mut source, context_length)?;
-    drop(source);
 
     let tokenizer_path = dir.join("tokenizer.json");
     let tokenizer = Tokenizer::from_file(&tokenizer_path)
@@ -331,10 +351,34 @@ pub fn load(dir: &Path, max_positions: usize) -> Result<HfModel> {
                 .and_then(|t| tokenizer.token_to_id(t.text()))
         })
         .flatten();
+    Ok(HfDir {
+        source,
+        shape,
+        tokenizer,
+        chat_template: tokenizer_config.chat_template.as_ref().and_then(chat_template),
+        eos,
+        bos,
+        context_length,
+    })
+}
+
+/// Reads the HF-layout model in `dir`, keeping at most `max_positions` positions.
+pub fn load(dir: &Path, max_positions: usize) -> Result<HfModel> {
+    let mut opened = open(dir, max_positions)?;
+    let (shape, context_length) = (opened.shape, opened.context_length);
+    let llama = Llama::build(shape, opened.source(), context_length)?;
+    let HfDir {
+        tokenizer,
+        chat_template,
+        eos,
+        bos,
+        context_length,
+        ..
+    } = opened;
     Ok(HfModel {
         llama,
         tokenizer,
-        chat_template: tokenizer_config.chat_template.as_ref().and_then(chat_template),
+        chat_template,
         eos,
         bos,
         context_length,
@@ -347,36 +391,21 @@ fn token_text(tokenizer: &Tokenizer, id: Option<u32>) -> Value {
 }
 
 /// Writes the llama-family GGUF at `gguf` as an HF-layout directory `dir` (which must not exist or
-/// be empty): f32 `model.safetensors`, `config.json`, `tokenizer.json`, `tokenizer_config.json`
-/// with the GGUF's chat template, and `generation_config.json`. The weights are the GGUF's,
-/// dequantized exactly; the files are staged beside `dir` and moved into place at the end
-/// (`staged_dir.rs`).
+/// be empty): the GGUF's weights, dequantized exactly (see [`write`]).
 pub fn export_gguf(gguf: &Path, dir: &Path) -> Result<()> {
-    let staged = StagedDir::new(dir).map_err(|e| error(dir, e))?;
-    let mut file = File::open(gguf).map_err(|e| error(gguf, e))?;
-    let content = Content::read(&mut file).map_err(|e| error(gguf, format!("not a GGUF file: {e}")))?;
-    let shape = llama::gguf_shape(&content)?;
-    let (tokenizer, special) = gguf_tokenizer::from_gguf(&content)?;
-    let template = content
-        .metadata
-        .get("tokenizer.chat_template")
-        .and_then(|v| v.to_string().ok())
-        .cloned();
-    let context_length = content
-        .metadata
-        .get("llama.context_length")
-        .and_then(|v| v.to_u32().ok())
-        .unwrap_or(2048);
+    let checkpoint = Checkpoint::load(gguf, usize::MAX)?;
+    write(&checkpoint, dir)
+}
 
-    let device = Device::Cpu;
+/// Writes `checkpoint` as an HF-layout directory `dir` (which must not exist or be empty): f32
+/// `model.safetensors`, `config.json`, `tokenizer.json`, `tokenizer_config.json` with the chat
+/// template, and `generation_config.json`. The files are staged beside `dir` and moved into place
+/// at the end (`staged_dir.rs`).
+pub fn write(checkpoint: &Checkpoint, dir: &Path) -> Result<()> {
+    let staged = StagedDir::new(dir).map_err(|e| error(dir, e))?;
+    let shape = checkpoint.shape;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    let mut shapes: HashMap<&'static str, (usize, usize)> = HashMap::new();
-    for part in Part::all(shape.layers) {
-        let name = part.gguf_name();
-        if !content.tensor_infos.contains_key(&name) {
-            continue;
-        }
-        let tensor = content.tensor(&mut file, &name, &device)?.dequantize(&device)?;
+    for (part, tensor) in &checkpoint.tensors {
         let tensor = match part {
             Part::Q(_) | Part::K(_) => {
                 let (rows, cols) = tensor.dims2()?;
@@ -386,32 +415,19 @@ pub fn export_gguf(gguf: &Path, dir: &Path) -> Result<()> {
                     shape.kv_heads
                 };
                 let data = permute_rows(&tensor.flatten_all()?.to_vec1::<f32>()?, rows, cols, heads, false);
-                Tensor::from_vec(data, (rows, cols), &device)?
+                Tensor::from_vec(data, (rows, cols), &Device::Cpu)?
             }
-            _ => tensor,
-        };
-        match part {
-            Part::Embedding => shapes.insert("embedding", tensor.dims2()?),
-            Part::Gate(0) => shapes.insert("gate", tensor.dims2()?),
-            _ => None,
+            _ => tensor.clone(),
         };
         tensors.insert(part.hf_name(), tensor);
     }
-    let (vocab, _) = shapes
-        .get("embedding")
-        .copied()
-        .ok_or_else(|| error(gguf, "the GGUF has no token_embd.weight"))?;
-    let (intermediate, _) = shapes
-        .get("gate")
-        .copied()
-        .ok_or_else(|| error(gguf, "the GGUF has no blk.0.ffn_gate.weight"))?;
-    let tied = !tensors.contains_key(&Part::Output.hf_name());
-    let eos_id = special.eos;
+    let tokenizer = &checkpoint.tokenizer;
+    let context_length = checkpoint.context_length;
     let config = json!({
         "architectures": [ARCHITECTURE],
         "model_type": "llama",
         "hidden_size": shape.dim,
-        "intermediate_size": intermediate,
+        "intermediate_size": checkpoint.intermediate_size()?,
         "num_hidden_layers": shape.layers,
         "num_attention_heads": shape.heads,
         "num_key_value_heads": shape.kv_heads,
@@ -421,24 +437,24 @@ pub fn export_gguf(gguf: &Path, dir: &Path) -> Result<()> {
         "rope_theta": shape.rope_base,
         "rope_scaling": null,
         "max_position_embeddings": context_length,
-        "vocab_size": vocab,
-        "tie_word_embeddings": tied,
-        "bos_token_id": special.bos,
-        "eos_token_id": eos_id,
+        "vocab_size": checkpoint.vocab_size()?,
+        "tie_word_embeddings": checkpoint.tied(),
+        "bos_token_id": checkpoint.bos,
+        "eos_token_id": checkpoint.eos,
         "torch_dtype": "float32",
         "attention_bias": false,
         "mlp_bias": false,
     });
     let tokenizer_config = json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "chat_template": template,
-        "bos_token": token_text(&tokenizer, special.bos),
-        "eos_token": token_text(&tokenizer, eos_id),
-        "add_bos_token": special.add_bos,
+        "chat_template": checkpoint.chat_template,
+        "bos_token": token_text(tokenizer, checkpoint.bos),
+        "eos_token": token_text(tokenizer, checkpoint.eos),
+        "add_bos_token": checkpoint.add_bos,
         "model_max_length": context_length,
         "clean_up_tokenization_spaces": false,
     });
-    let generation = json!({ "bos_token_id": special.bos, "eos_token_id": eos_id });
+    let generation = json!({ "bos_token_id": checkpoint.bos, "eos_token_id": checkpoint.eos });
 
     let write_json = |name: &str, value: &Value| -> Result<()> {
         let path = staged.path().join(name);

@@ -72,7 +72,7 @@ pub struct Shape {
 }
 
 /// One tensor of the model, named independently of the file format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Part {
     /// Token embedding (`vocab x dim`).
     Embedding,
@@ -331,6 +331,27 @@ fn project(x: &[f32], n: usize, products: &mut [(&Matrix, &mut [f32])]) {
     }
 }
 
+/// RoPE's rotation angles for `positions` positions of heads of `head_dim` features: `cos` and
+/// `sin`, `positions x head_dim / 2`, computed as candle computes them (f32 throughout), so every
+/// path (candle's, the packed one, training's) rotates alike.
+pub fn rope_angles(head_dim: usize, positions: usize, base: f32) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    let theta: Vec<f32> = (0..head_dim)
+        .step_by(2)
+        .map(|i| 1f32 / base.powf(i as f32 / head_dim as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(positions * half);
+    let mut sin = Vec::with_capacity(positions * half);
+    for position in 0..positions {
+        for t in &theta {
+            let angle = position as f32 * t;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    (cos, sin)
+}
+
 fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let mean = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
     let scale = 1.0 / (mean + eps).sqrt();
@@ -384,21 +405,7 @@ impl Llama {
             None
         };
         check_shapes(&shape, &embedding, &layers, &norm, output.as_ref())?;
-        // The angles as candle computes them (f32 throughout), so both paths rotate alike.
-        let half = head_dim / 2;
-        let theta: Vec<f32> = (0..head_dim)
-            .step_by(2)
-            .map(|i| 1f32 / base.powf(i as f32 / head_dim as f32))
-            .collect();
-        let mut cos = Vec::with_capacity(max_positions * half);
-        let mut sin = Vec::with_capacity(max_positions * half);
-        for position in 0..max_positions {
-            for t in &theta {
-                let angle = position as f32 * t;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
+        let (cos, sin) = rope_angles(head_dim, max_positions, base);
         Ok(Self {
             embedding,
             layers,

@@ -8,6 +8,7 @@
 //! can stream it and stop when the client goes away.
 
 pub mod chat_template;
+pub mod checkpoint;
 pub mod gguf_tokenizer;
 pub mod hf;
 pub mod kernels;
@@ -30,6 +31,28 @@ pub use sampling::GenerationParams;
 pub use weights::WeightFormat;
 
 use sampling::{StopMatcher, sampler};
+
+/// Opens a GGUF file and reads its header, refusing anything but the llama family.
+pub fn open_llama_gguf(path: &Path) -> Result<(File, Content)> {
+    let file_error = |reason: String| GenerationError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut file = File::open(path).map_err(|e| file_error(e.to_string()))?;
+    let content = Content::read(&mut file).map_err(|e| file_error(format!("not a GGUF file: {e}")))?;
+    let architecture = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    if architecture != "llama" {
+        return Err(GenerationError::Format(format!(
+            "architecture {architecture:?}: engram runs llama-family GGUF models"
+        )));
+    }
+    Ok((file, content))
+}
 
 /// Why generation failed.
 #[derive(Debug, thiserror::Error)]
@@ -188,23 +211,7 @@ impl Generator {
         if path.is_dir() {
             return Self::load_hf(path, options);
         }
-        let file_error = |reason: String| GenerationError::File {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let mut file = File::open(path).map_err(|e| file_error(e.to_string()))?;
-        let content = Content::read(&mut file).map_err(|e| file_error(format!("not a GGUF file: {e}")))?;
-        let architecture = content
-            .metadata
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .unwrap_or_default();
-        if architecture != "llama" {
-            return Err(GenerationError::Format(format!(
-                "architecture {architecture:?}: engram runs llama-family GGUF models"
-            )));
-        }
+        let (mut file, content) = open_llama_gguf(path)?;
         let (tokenizer, special) = gguf_tokenizer::from_gguf(&content)?;
         let template_source = content
             .metadata

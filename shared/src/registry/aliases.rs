@@ -72,6 +72,8 @@ impl Registry {
                 "{kind} version {version} is {status}, not ready: only a finished version can be made {name}"
             )));
         }
+        let moved_at = millis(&now());
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
         sqlx::query(
             "INSERT INTO aliases (kind, name, version, updated_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (kind, name) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
@@ -79,11 +81,33 @@ impl Registry {
         .bind(kind.as_str())
         .bind(name)
         .bind(version)
-        .bind(millis(&now()))
-        .execute(&self.pool)
+        .bind(moved_at)
+        .execute(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;
+        sqlx::query(
+            "INSERT INTO alias_history (seq, kind, name, version, moved_at) \
+             SELECT COALESCE(MAX(seq), 0) + 1, $1, $2, $3, $4 FROM alias_history",
+        )
+        .bind(kind.as_str())
+        .bind(name)
+        .bind(version)
+        .bind(moved_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// The versions `name` has pointed at, oldest first (one entry per move).
+    pub async fn alias_history(&self, kind: AliasKind, name: &str) -> Result<Vec<i64>> {
+        sqlx::query_scalar("SELECT version FROM alias_history WHERE kind = $1 AND name = $2 ORDER BY seq")
+            .bind(kind.as_str())
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))
     }
 
     /// The version `name` points at, if set.

@@ -7,6 +7,7 @@
 //! both. Promotion is a write here, never a file copy.
 
 mod aliases;
+mod checkpoints;
 mod responses;
 mod runs;
 mod versions;

@@ -76,6 +76,8 @@ pub struct ModelVersion {
     /// What was registered.
     #[serde(flatten)]
     pub spec: NewModelVersion,
+    /// What evaluation measured (`{}` until evaluated).
+    pub metrics: serde_json::Value,
 }
 
 /// Where an index version's build stands.
@@ -245,7 +247,28 @@ impl Registry {
             version,
             created_at,
             spec,
+            metrics: serde_json::json!({}),
         })
+    }
+
+    /// Merges `metrics` into model version `version`'s metrics (keys given replace stored ones).
+    pub async fn add_model_metrics(&self, version: i64, metrics: &serde_json::Value) -> Result<()> {
+        let Some(model) = self.model(version).await? else {
+            return Err(Error::Corrupt(format!("model version {version} is not registered")));
+        };
+        let mut merged = model.metrics;
+        if let (Some(stored), Some(new)) = (merged.as_object_mut(), metrics.as_object()) {
+            for (key, value) in new {
+                stored.insert(key.clone(), value.clone());
+            }
+        }
+        sqlx::query("UPDATE model_versions SET metrics = $1 WHERE version = $2")
+            .bind(merged.to_string())
+            .bind(version)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// One model version.
@@ -373,6 +396,7 @@ fn row_to_model(row: &AnyRow) -> Result<ModelVersion> {
             dataset_version: get(row, "dataset_version")?,
             lineage: json(row, "lineage")?,
         },
+        metrics: json(row, "metrics")?,
     })
 }
 

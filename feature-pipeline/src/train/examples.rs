@@ -1,0 +1,171 @@
+//! Training examples: dataset rows rendered as the model will be prompted, tokenized, and grouped
+//! into batches of similar length.
+//!
+//! A row `(instruction, answer)` becomes the chat `[system, user: instruction]` rendered with the
+//! model's own chat template (ending where the assistant's turn starts, exactly the prompt the
+//! `Generator` builds), then the answer's tokens and the end-of-turn token. The loss is on the
+//! answer and the end-of-turn token only. Prompt and answer are tokenized apart, as the service
+//! sees them: the prompt's tokens, then what the model generates.
+
+use engram_shared::generation::checkpoint::Checkpoint;
+use engram_shared::generation::{ChatMessage, ChatTemplate, Role};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::Deserialize;
+
+use super::model::Batch;
+
+/// A dataset row as `publish` writes it (the columns training reads).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Row {
+    /// The user message.
+    pub instruction: String,
+    /// The teacher's answer.
+    pub answer: String,
+}
+
+/// A tokenized example.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    /// Prompt, answer and end-of-turn tokens.
+    pub tokens: Vec<u32>,
+    /// How many of `tokens` are prompt (no loss).
+    pub prompt: usize,
+}
+
+impl Example {
+    /// Label tokens (answer and end of turn).
+    pub fn labels(&self) -> usize {
+        self.tokens.len() - self.prompt
+    }
+}
+
+/// Renders and tokenizes rows for one model.
+pub struct Renderer {
+    template: ChatTemplate,
+    checkpoint_tokenizer: tokenizers::Tokenizer,
+    bos: Option<u32>,
+    end_of_turn: u32,
+    system: String,
+}
+
+/// What became of a set of rows.
+#[derive(Debug, Default)]
+pub struct Rendered {
+    /// The examples that fit.
+    pub examples: Vec<Example>,
+    /// Rows longer than the maximum sequence length, left out.
+    pub too_long: usize,
+}
+
+impl Renderer {
+    /// A renderer for `checkpoint`'s template and tokenizer, with system message `system`.
+    pub fn new(checkpoint: &Checkpoint, system: &str) -> anyhow::Result<Self> {
+        Ok(Renderer {
+            template: ChatTemplate::new(&checkpoint.chat_template)?,
+            checkpoint_tokenizer: checkpoint.tokenizer.clone(),
+            bos: checkpoint.add_bos.then_some(checkpoint.bos).flatten(),
+            end_of_turn: checkpoint.end_of_turn()?,
+            system: system.to_string(),
+        })
+    }
+
+    /// The prompt's tokens for `instruction`, as the service would send it.
+    pub fn prompt(&self, instruction: &str) -> anyhow::Result<Vec<u32>> {
+        let text = self.template.render(&[
+            ChatMessage::new(Role::System, self.system.clone()),
+            ChatMessage::new(Role::User, instruction),
+        ])?;
+        let mut tokens: Vec<u32> = self.bos.into_iter().collect();
+        tokens.extend(self.encode(&text)?);
+        Ok(tokens)
+    }
+
+    fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        Ok(self
+            .checkpoint_tokenizer
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// One row as an example.
+    pub fn example(&self, row: &Row) -> anyhow::Result<Example> {
+        let mut tokens = self.prompt(&row.instruction)?;
+        let prompt = tokens.len();
+        tokens.extend(self.encode(row.answer.trim())?);
+        tokens.push(self.end_of_turn);
+        Ok(Example { tokens, prompt })
+    }
+
+    /// Every row that fits in `max_len` tokens, as examples.
+    pub fn render_all(&self, rows: &[Row], max_len: usize) -> anyhow::Result<Rendered> {
+        let mut rendered = Rendered::default();
+        for row in rows {
+            let example = self.example(row)?;
+            if example.tokens.len() > max_len {
+                rendered.too_long += 1;
+            } else {
+                rendered.examples.push(example);
+            }
+        }
+        Ok(rendered)
+    }
+}
+
+/// The batches of one epoch: examples sorted by length and cut into groups of `batch_size`
+/// (similar lengths share a batch, so packing wastes nothing and batches cost alike), the groups
+/// in an order shuffled by `seed` and `epoch` alone (a resumed run sees the same order).
+pub fn epoch_batches(examples: &[Example], batch_size: usize, seed: u64, epoch: usize) -> Vec<Batch> {
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| (examples[i].tokens.len(), i));
+    let mut groups: Vec<Vec<usize>> = order.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect();
+    let mut rng = StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    groups.shuffle(&mut rng);
+    groups
+        .into_iter()
+        .map(|group| {
+            let mut batch = Batch::default();
+            for i in group {
+                batch.push(&examples[i].tokens, examples[i].prompt);
+            }
+            batch
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(len: usize, prompt: usize) -> Example {
+        Example {
+            tokens: (0..len as u32).collect(),
+            prompt,
+        }
+    }
+
+    #[test]
+    fn batches_group_similar_lengths_and_depend_only_on_seed_and_epoch() {
+        let examples: Vec<Example> = [5, 40, 6, 41, 7, 42].iter().map(|&l| example(l, 2)).collect();
+        let a = epoch_batches(&examples, 2, 7, 0);
+        assert_eq!(a, epoch_batches(&examples, 2, 7, 0));
+        let mut sizes: Vec<Vec<usize>> = a.iter().map(|b| b.segments.iter().map(|s| s.1).collect()).collect();
+        sizes.sort();
+        assert_eq!(sizes, vec![vec![5, 6], vec![7, 40], vec![41, 42]]);
+        let labels: usize = a.iter().map(Batch::labels).sum();
+        assert_eq!(labels, examples.iter().map(Example::labels).sum::<usize>());
+    }
+
+    #[test]
+    fn labels_are_the_tokens_after_the_prompt_predicted_from_the_row_before() {
+        let mut batch = Batch::default();
+        batch.push(&[10, 11, 12, 13], 2);
+        batch.push(&[20, 21, 22], 1);
+        assert_eq!(batch.segments, vec![(0, 4), (4, 3)]);
+        assert_eq!(batch.positions, vec![0, 1, 2, 3, 0, 1, 2]);
+        assert_eq!(batch.targets, vec![(1, 12), (2, 13), (4, 21), (5, 22)]);
+    }
+}

@@ -1,0 +1,641 @@
+//! The training forward pass's operations that candle's autograd cannot run as they are.
+//!
+//! candle 0.11's fused `rms_norm`, `softmax_last_dim` and `rope*` have no backward and silently cut
+//! gradients (upstream issues 2168, 3568, 3569), and its matmul backward also computes the weight's
+//! gradient, which a frozen projection never needs (a third of the work and a weight-sized buffer
+//! each time). Each op here is a candle custom op with its own backward, so `Tensor::backward`
+//! still drives the whole pass:
+//!
+//! - [`Frozen::forward`]: `x · Wᵀ` for a frozen weight; the backward returns only `g · W`;
+//! - [`RmsNorm`]: RMS norm with a frozen scale;
+//! - [`Rope`]: rotary embedding in GGUF's interleaved-pair layout; its backward is the inverse
+//!   rotation;
+//! - [`Attention`]: causal attention with grouped key/value heads over packed sequences (several
+//!   examples back to back, none attending to another). It keeps nothing but its inputs and output:
+//!   the backward recomputes the probabilities, as flash attention does.
+//!
+//! They run on the CPU (gemm, as the inference kernels). On another device [`Device::is_cpu`] is
+//! false and the model uses candle's own differentiable forms instead (`model.rs`).
+
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
+use engram_shared::generation::llama::rope_angles;
+use rayon::prelude::*;
+
+use super::gemm::{View, ViewMut, product};
+
+/// The f32 slice a contiguous CPU tensor's layout covers.
+fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        bail!("{op}: expected f32 input, got {:?}", storage.dtype());
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{op}: expected a contiguous input"),
+    }
+}
+
+fn matrix_dims(layout: &Layout, op: &str) -> Result<(usize, usize)> {
+    match layout.dims() {
+        [rows, cols] => Ok((*rows, *cols)),
+        dims => bail!("{op}: expected a matrix, got shape {dims:?}"),
+    }
+}
+
+fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// A frozen weight matrix `out x in` (row-major): the base model's projections.
+#[derive(Debug, Clone)]
+pub struct Frozen {
+    data: Arc<Vec<f32>>,
+    rows: usize,
+    cols: usize,
+}
+
+impl Frozen {
+    /// Wraps `rows x cols` weights.
+    pub fn new(data: Vec<f32>, rows: usize, cols: usize) -> Result<Self> {
+        if data.len() != rows * cols {
+            bail!("frozen weight: {} values for {rows} x {cols}", data.len());
+        }
+        Ok(Frozen {
+            data: Arc::new(data),
+            rows,
+            cols,
+        })
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The weights, row-major.
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// `x · Wᵀ` for `x` of `n x in`, differentiable in `x` alone.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1(FrozenProduct {
+            weight: self.clone(),
+            transposed: false,
+        })
+    }
+
+    fn view(&self) -> View<'_> {
+        View::rows(&self.data, 0, self.rows, self.cols, self.cols)
+    }
+}
+
+/// `x · Wᵀ` (or `x · W` when `transposed`, the backward's product).
+struct FrozenProduct {
+    weight: Frozen,
+    transposed: bool,
+}
+
+impl CustomOp1 for FrozenProduct {
+    fn name(&self) -> &'static str {
+        "frozen-product"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(storage, layout, self.name())?;
+        let (n, features) = matrix_dims(layout, self.name())?;
+        let w = &self.weight;
+        let (inputs, outputs, rhs) = if self.transposed {
+            (w.rows, w.cols, w.view())
+        } else {
+            (w.cols, w.rows, w.view().t())
+        };
+        if features != inputs {
+            bail!("frozen-product: input has {features} features, the weight takes {inputs}");
+        }
+        let mut y = vec![0f32; n * outputs];
+        product(
+            ViewMut::rows(&mut y, 0, n, outputs, outputs),
+            View::rows(x, 0, n, inputs, inputs),
+            rhs,
+            1.0,
+            false,
+            threads(),
+        );
+        Ok((CpuStorage::F32(y), Shape::from((n, outputs))))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let back = FrozenProduct {
+            weight: self.weight.clone(),
+            transposed: !self.transposed,
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&back)?))
+    }
+}
+
+/// RMS norm over the last dimension with a frozen scale: `y = x / sqrt(mean(x²) + eps) · w`.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Arc<Vec<f32>>,
+    eps: f32,
+}
+
+impl RmsNorm {
+    /// A norm with scale `weight`.
+    pub fn new(weight: Vec<f32>, eps: f32) -> Self {
+        RmsNorm {
+            weight: Arc::new(weight),
+            eps,
+        }
+    }
+
+    /// The scale.
+    pub fn weight(&self) -> &[f32] {
+        &self.weight
+    }
+
+    /// The epsilon.
+    pub fn eps(&self) -> f32 {
+        self.eps
+    }
+
+    /// Normalizes each row of `x` (`n x dim`).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1(self.clone())
+    }
+
+    fn inverse_rms(&self, row: &[f32]) -> f32 {
+        let mean = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+        1.0 / (mean + self.eps).sqrt()
+    }
+}
+
+impl CustomOp1 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(storage, layout, self.name())?;
+        let (n, dim) = matrix_dims(layout, self.name())?;
+        if dim != self.weight.len() {
+            bail!("rms-norm: rows of {dim}, scale of {}", self.weight.len());
+        }
+        let mut y = vec![0f32; n * dim];
+        y.par_chunks_mut(dim).zip(x.par_chunks(dim)).for_each(|(out, row)| {
+            let r = self.inverse_rms(row);
+            for ((o, v), w) in out.iter_mut().zip(row).zip(self.weight.iter()) {
+                *o = v * r * w;
+            }
+        });
+        Ok((CpuStorage::F32(y), Shape::from((n, dim))))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &RmsNormBackward(self.clone()),
+        )?))
+    }
+}
+
+/// The gradient of [`RmsNorm`] with respect to its input:
+/// `dx = r·(w∘g) − x · r³/dim · Σ (w∘g∘x)`.
+struct RmsNormBackward(RmsNorm);
+
+impl CustomOp2 for RmsNormBackward {
+    fn name(&self) -> &'static str {
+        "rms-norm-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s1, l1, self.name())?;
+        let g = contiguous(s2, l2, self.name())?;
+        let (n, dim) = matrix_dims(l1, self.name())?;
+        if l2.dims() != l1.dims() {
+            bail!(
+                "rms-norm-backward: gradient shape {:?} for input {:?}",
+                l2.dims(),
+                l1.dims()
+            );
+        }
+        let w = &self.0.weight;
+        let mut dx = vec![0f32; n * dim];
+        dx.par_chunks_mut(dim)
+            .zip(x.par_chunks(dim).zip(g.par_chunks(dim)))
+            .for_each(|(out, (row, grad))| {
+                let r = self.0.inverse_rms(row);
+                let dot: f32 = row.iter().zip(grad).zip(w.iter()).map(|((x, g), w)| x * g * w).sum();
+                let k = r * r * r / dim as f32 * dot;
+                for (((o, x), g), w) in out.iter_mut().zip(row).zip(grad).zip(w.iter()) {
+                    *o = r * w * g - x * k;
+                }
+            });
+        Ok((CpuStorage::F32(dx), Shape::from((n, dim))))
+    }
+}
+
+/// Rotation angles for every position: `cos` and `sin`, `positions x head_dim / 2`, the inference
+/// path's ([`rope_angles`]).
+#[derive(Debug)]
+pub struct RopeTable {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    half: usize,
+}
+
+impl RopeTable {
+    /// Angles for `positions` positions of heads of `head_dim` features, frequency base `base`.
+    pub fn new(head_dim: usize, positions: usize, base: f32) -> Self {
+        let (cos, sin) = rope_angles(head_dim, positions, base);
+        RopeTable {
+            cos,
+            sin,
+            half: head_dim / 2,
+        }
+    }
+
+    /// Positions the table covers.
+    pub fn positions(&self) -> usize {
+        self.cos.len() / self.half.max(1)
+    }
+
+    /// `cos` and `sin` as `positions x half` tensors on `device` (for candle's own forms).
+    pub fn tensors(&self, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+        let positions = self.positions();
+        Ok((
+            Tensor::from_slice(&self.cos, (positions, self.half), device)?,
+            Tensor::from_slice(&self.sin, (positions, self.half), device)?,
+        ))
+    }
+}
+
+/// Rotary embedding of `n x (heads · head_dim)` rows, pairs `(2i, 2i+1)` of each head rotated by
+/// the angle of the row's position (GGUF's layout, as the inference path).
+#[derive(Debug, Clone)]
+pub struct Rope {
+    table: Arc<RopeTable>,
+    positions: Arc<Vec<usize>>,
+    head_dim: usize,
+    inverse: bool,
+}
+
+impl Rope {
+    /// Rotation of rows at `positions` (one per row) for heads of `head_dim` features.
+    pub fn new(table: Arc<RopeTable>, positions: Arc<Vec<usize>>, head_dim: usize) -> Self {
+        Rope {
+            table,
+            positions,
+            head_dim,
+            inverse: false,
+        }
+    }
+
+    /// Rotates `x`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1(self.clone())
+    }
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(storage, layout, self.name())?;
+        let (n, features) = matrix_dims(layout, self.name())?;
+        let half = self.table.half;
+        if self.head_dim != 2 * half || !features.is_multiple_of(self.head_dim) {
+            bail!("rope: rows of {features} features are not heads of {}", 2 * half);
+        }
+        if self.positions.len() != n {
+            bail!("rope: {n} rows, {} positions", self.positions.len());
+        }
+        if let Some(&p) = self.positions.iter().find(|&&p| p >= self.table.positions()) {
+            bail!("rope: position {p} is past the table's {}", self.table.positions());
+        }
+        let sign = if self.inverse { -1.0 } else { 1.0 };
+        let mut y = vec![0f32; n * features];
+        y.par_chunks_mut(features)
+            .zip(x.par_chunks(features))
+            .zip(self.positions.par_iter())
+            .for_each(|((out, row), &p)| {
+                let cos = &self.table.cos[p * half..(p + 1) * half];
+                let sin = &self.table.sin[p * half..(p + 1) * half];
+                for (o, head) in out.chunks_exact_mut(self.head_dim).zip(row.chunks_exact(self.head_dim)) {
+                    for i in 0..half {
+                        let (a, b) = (head[2 * i], head[2 * i + 1]);
+                        let s = sign * sin[i];
+                        o[2 * i] = a * cos[i] - b * s;
+                        o[2 * i + 1] = a * s + b * cos[i];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), Shape::from((n, features))))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let inverse = Rope {
+            inverse: !self.inverse,
+            ..self.clone()
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&inverse)?))
+    }
+}
+
+/// One query head `h` (of key/value head `g`) over the segment of `len` rows from `first`.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    first: usize,
+    len: usize,
+    h: usize,
+    g: usize,
+}
+
+/// One (segment, key/value head) task's gradients: its query heads' `dq` rows (`len x group·d`)
+/// and the head's `dk`, `dv` rows (`len x d`).
+struct KvHeadGradients {
+    first: usize,
+    len: usize,
+    g: usize,
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+}
+
+/// Causal self-attention over packed sequences: `q` is `n x (heads · head_dim)`, `k` and `v` are
+/// `n x (kv_heads · head_dim)`, and `segments` lists each sequence's `(first row, rows)`. A row
+/// attends to the rows of its own sequence up to itself.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    segments: Arc<Vec<(usize, usize)>>,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    /// Attention of `heads` query heads sharing `kv_heads` key/value heads.
+    pub fn new(segments: Arc<Vec<(usize, usize)>>, heads: usize, kv_heads: usize, head_dim: usize) -> Self {
+        Attention {
+            segments,
+            heads,
+            kv_heads,
+            head_dim,
+        }
+    }
+
+    /// The attention output, `n x (heads · head_dim)`.
+    pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        q.contiguous()?
+            .apply_op3(&k.contiguous()?, &v.contiguous()?, self.clone())
+    }
+
+    fn check(&self, n: usize, q_cols: usize, kv_cols: usize) -> Result<()> {
+        if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
+            bail!("attention: {} heads over {} key/value heads", self.heads, self.kv_heads);
+        }
+        if q_cols != self.heads * self.head_dim || kv_cols != self.kv_heads * self.head_dim {
+            bail!("attention: query rows of {q_cols}, key/value rows of {kv_cols} features");
+        }
+        let mut next = 0;
+        for &(first, len) in self.segments.iter() {
+            if first != next {
+                bail!("attention: segments must tile the rows in order");
+            }
+            next = first + len;
+        }
+        if next != n {
+            bail!("attention: segments cover {next} of {n} rows");
+        }
+        Ok(())
+    }
+
+    /// Writes the causal softmax of `q_h · k_gᵀ · scale` for one segment into `p` (`len x len`).
+    fn probabilities(&self, q: &[f32], k: &[f32], slot: Slot, p: &mut [f32]) {
+        let Slot { first, len, h, g } = slot;
+        let (d, qc, kc) = (self.head_dim, self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let scale = 1.0 / (d as f32).sqrt();
+        product(
+            ViewMut::rows(p, 0, len, len, len),
+            View::rows(q, first * qc + h * d, len, d, qc),
+            View::rows(k, first * kc + g * d, len, d, kc).t(),
+            scale,
+            false,
+            1,
+        );
+        for (i, row) in p.chunks_exact_mut(len).enumerate() {
+            let (seen, future) = row.split_at_mut(i + 1);
+            let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for s in seen.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let inv = 1.0 / sum;
+            seen.iter_mut().for_each(|s| *s *= inv);
+            future.fill(0.0);
+        }
+    }
+
+    /// The gradients of `q`, `k` and `v` for the output gradient `dout`.
+    fn backward(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        out: &[f32],
+        dout: &[f32],
+        n: usize,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (d, qc, kc) = (self.head_dim, self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let group = self.heads / self.kv_heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        // One task per (segment, key/value head): it alone writes that head's dk/dv rows and its
+        // query heads' dq rows.
+        let tasks: Vec<(usize, usize, usize)> = self
+            .segments
+            .iter()
+            .flat_map(|&(first, len)| (0..self.kv_heads).map(move |g| (first, len, g)))
+            .collect();
+        let results: Vec<KvHeadGradients> = tasks
+            .into_par_iter()
+            .map(|(first, len, g)| {
+                let mut p = vec![0f32; len * len];
+                let mut dp = vec![0f32; len * len];
+                let mut dq = vec![0f32; len * group * d];
+                let mut dk = vec![0f32; len * d];
+                let mut dv = vec![0f32; len * d];
+                for j in 0..group {
+                    let h = g * group + j;
+                    self.probabilities(q, k, Slot { first, len, h, g }, &mut p);
+                    // dP = dO_h · V_gᵀ
+                    product(
+                        ViewMut::rows(&mut dp, 0, len, len, len),
+                        View::rows(dout, first * qc + h * d, len, d, qc),
+                        View::rows(v, first * kc + g * d, len, d, kc).t(),
+                        1.0,
+                        false,
+                        1,
+                    );
+                    // dS = P ∘ (dP − rowsum(dO ∘ O)) · scale
+                    for i in 0..len {
+                        let row = (first + i) * qc + h * d;
+                        let delta: f32 = dout[row..row + d]
+                            .iter()
+                            .zip(&out[row..row + d])
+                            .map(|(a, b)| a * b)
+                            .sum();
+                        let (pr, dr) = (&p[i * len..i * len + i + 1], &mut dp[i * len..(i + 1) * len]);
+                        for (x, &pv) in dr.iter_mut().zip(pr) {
+                            *x = pv * (*x - delta) * scale;
+                        }
+                        dr[i + 1..].fill(0.0);
+                    }
+                    // dQ_h = dS · K_g
+                    product(
+                        ViewMut::rows(&mut dq, j * d, len, d, group * d),
+                        View::rows(&dp, 0, len, len, len),
+                        View::rows(k, first * kc + g * d, len, d, kc),
+                        1.0,
+                        false,
+                        1,
+                    );
+                    // dK_g += dSᵀ · Q_h ; dV_g += Pᵀ · dO_h
+                    product(
+                        ViewMut::rows(&mut dk, 0, len, d, d),
+                        View::rows(&dp, 0, len, len, len).t(),
+                        View::rows(q, first * qc + h * d, len, d, qc),
+                        1.0,
+                        true,
+                        1,
+                    );
+                    product(
+                        ViewMut::rows(&mut dv, 0, len, d, d),
+                        View::rows(&p, 0, len, len, len).t(),
+                        View::rows(dout, first * qc + h * d, len, d, qc),
+                        1.0,
+                        true,
+                        1,
+                    );
+                }
+                KvHeadGradients {
+                    first,
+                    len,
+                    g,
+                    dq,
+                    dk,
+                    dv,
+                }
+            })
+            .collect();
+        let (mut dq, mut dk, mut dv) = (vec![0f32; n * qc], vec![0f32; n * kc], vec![0f32; n * kc]);
+        for KvHeadGradients {
+            first,
+            len,
+            g,
+            dq: q_part,
+            dk: k_part,
+            dv: v_part,
+        } in results
+        {
+            for i in 0..len {
+                let row = first + i;
+                dq[row * qc + g * group * d..row * qc + (g + 1) * group * d]
+                    .copy_from_slice(&q_part[i * group * d..(i + 1) * group * d]);
+                dk[row * kc + g * d..row * kc + (g + 1) * d].copy_from_slice(&k_part[i * d..(i + 1) * d]);
+                dv[row * kc + g * d..row * kc + (g + 1) * d].copy_from_slice(&v_part[i * d..(i + 1) * d]);
+            }
+        }
+        (dq, dk, dv)
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (
+            contiguous(s1, l1, self.name())?,
+            contiguous(s2, l2, self.name())?,
+            contiguous(s3, l3, self.name())?,
+        );
+        let (n, qc) = matrix_dims(l1, self.name())?;
+        let (kn, kc) = matrix_dims(l2, self.name())?;
+        if kn != n || l3.dims() != l2.dims() {
+            bail!("attention: q {:?}, k {:?}, v {:?}", l1.dims(), l2.dims(), l3.dims());
+        }
+        self.check(n, qc, kc)?;
+        let d = self.head_dim;
+        let group = self.heads / self.kv_heads;
+        let tasks: Vec<(usize, usize, usize)> = self
+            .segments
+            .iter()
+            .flat_map(|&(first, len)| (0..self.heads).map(move |h| (first, len, h)))
+            .collect();
+        let parts: Vec<(usize, usize, usize, Vec<f32>)> = tasks
+            .into_par_iter()
+            .map(|(first, len, h)| {
+                let g = h / group;
+                let mut p = vec![0f32; len * len];
+                self.probabilities(q, k, Slot { first, len, h, g }, &mut p);
+                let mut o = vec![0f32; len * d];
+                product(
+                    ViewMut::rows(&mut o, 0, len, d, d),
+                    View::rows(&p, 0, len, len, len),
+                    View::rows(v, first * kc + g * d, len, d, kc),
+                    1.0,
+                    false,
+                    1,
+                );
+                (first, len, h, o)
+            })
+            .collect();
+        let mut out = vec![0f32; n * qc];
+        for (first, len, h, o) in parts {
+            for i in 0..len {
+                out[(first + i) * qc + h * d..(first + i) * qc + (h + 1) * d].copy_from_slice(&o[i * d..(i + 1) * d]);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, qc))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let values = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
+        let (n, qc) = q.dims2()?;
+        let kc = k.dims2()?.1;
+        let (dq, dk, dv) = self.backward(&values(q)?, &values(k)?, &values(v)?, &values(out)?, &values(grad)?, n);
+        let device = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, (n, qc), device)?),
+            Some(Tensor::from_vec(dk, (n, kc), device)?),
+            Some(Tensor::from_vec(dv, (n, kc), device)?),
+        ))
+    }
+}
