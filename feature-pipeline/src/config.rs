@@ -59,6 +59,9 @@ pub enum Command {
     /// Fine-tune the SLM on a dataset version with LoRA, write the adapter (PEFT layout) and the
     /// merged model (HF layout and GGUF), and register it as a new model version with its lineage.
     Train(Box<TrainArgs>),
+    /// Measure training speed and peak memory on a fixed random workload (scripts/bench/train.sh).
+    #[command(hide = true)]
+    BenchTrain(BenchTrainArgs),
     /// Run every configured stage in order as one recorded run; unchanged steps are skipped.
     Run(RunArgs),
     /// List pipeline runs with their steps, status and durations.
@@ -782,4 +785,24 @@ pub struct TrainArgs {
     /// Train again even when the same training is recorded as done.
     #[arg(long)]
     pub no_cache: bool,
+}
+
+/// Options of `bench-train`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchTrainArgs {
+    /// The model (GGUF file or HF-layout directory).
+    #[arg(long)]
+    pub base: PathBuf,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 512)]
+    pub seq_len: usize,
+    /// Tokens at the end of each sequence that carry the loss.
+    #[arg(long, default_value_t = 128)]
+    pub answer: usize,
+    /// Timed optimizer steps (batch 1), after one warm-up step.
+    #[arg(long, default_value_t = 8)]
+    pub steps: usize,
+    /// Threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
 }

@@ -35,6 +35,7 @@ async fn main() -> std::process::ExitCode {
         Command::Models(command) => commands::models::run(&config.storage, command).await,
         Command::Dataset(args) => commands::dataset::run(&config.storage, args).await,
         Command::Datasets(args) => commands::dataset::datasets(&config.storage, args).await,
+        Command::BenchTrain(args) => commands::bench_train::run(args),
         Command::Train(args) => commands::train::run(&config.storage, args).await,
         Command::Run(args) => commands::run::run(&config.storage, args).await,
         Command::Runs(args) => commands::runs::run(&config.storage, args).await,

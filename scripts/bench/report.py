@@ -6,6 +6,8 @@ import platform
 import subprocess
 import sys
 
+from sections import foreign_sections
+
 
 def machine():
     cpu = "unknown CPU"
@@ -71,8 +73,11 @@ def main(results_path, doc_path):
         for r in kernels:
             out.append(f"| {r['shape']} | {r['kernel']} | {r['us']:.1f} | {r['weight_gb_per_s']:.1f} |")
         out.append("")
+    # Sections other benchmarks own (Training, ...) are kept as they are.
+    previous = open(doc_path).read() if os.path.exists(doc_path) else ""
+    others = foreign_sections(previous, ("## Embeddings", "## Generation", "## Decode kernels"))
     with open(doc_path, "w") as f:
-        f.write("\n".join(out))
+        f.write("\n".join(out).rstrip() + "\n" + ("\n" + others if others else ""))
 
 
 if __name__ == "__main__":

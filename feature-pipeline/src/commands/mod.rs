@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod bench_train;
 pub mod dataset;
 pub mod eval;
 pub mod eval_model;

@@ -4,7 +4,7 @@
 //! flags (`min_quality = 0.5` is `--min-quality 0.5`; `paths` are its positional arguments), so the
 //! file, the command line and `--help` can never disagree. Stages run in the pipeline's order
 //! whatever the file's order: extract (notion, files, crawl) → explore → filter → dataset → index →
-//! models. Each step consults the step cache: one whose code version, config and input match a
+//! models → train. Each step consults the step cache: one whose code version, config and input match a
 //! recorded success is skipped and says so (`--no-cache` runs everything).
 //!
 //! Without `--config`: filter, dataset and index over the documents already stored.
@@ -24,7 +24,7 @@ use crate::config::{Command, Config, ExtractCommand, ModelsCommand, RunArgs};
 use crate::pipeline::Run;
 
 /// The stages, in the order they run, with the command words that parse their tables.
-const STAGES: [(&str, &[&str]); 8] = [
+const STAGES: [(&str, &[&str]); 9] = [
     ("extract.notion", &["extract", "notion"]),
     ("extract.files", &["extract", "files"]),
     ("extract.crawl", &["extract", "crawl"]),
@@ -33,6 +33,7 @@ const STAGES: [(&str, &[&str]); 8] = [
     ("dataset", &["dataset"]),
     ("index", &["index"]),
     ("models.register", &["models", "register"]),
+    ("train", &["train"]),
 ];
 
 /// One stage's command line from its table: `key = value` → `--key value`, arrays repeat the flag,
@@ -179,6 +180,12 @@ async fn stages(
                     }
                     _ => commands::models::register(storage, &args).await?,
                 }
+            }
+            Command::Train(mut args) => {
+                args.no_cache |= !use_cache;
+                let trained = commands::train::stage(storage, &config.home, run, &args).await?;
+                commands::train::print(&trained);
+                commands::train::promote(storage, &args, &trained).await?;
             }
             other => anyhow::bail!("[{name}] is not a pipeline stage: {other:?}"),
         }

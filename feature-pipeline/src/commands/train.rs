@@ -358,7 +358,8 @@ impl Observer for Reporter {
                 .await?;
             anyhow::Ok(())
         })?;
-        self.bar.println(format!("train: checkpoint at step {step}"));
+        // Said on stderr even where the bar is hidden (not a terminal): operators and tests watch it.
+        self.bar.suspend(|| eprintln!("train: checkpoint at step {step}"));
         Ok(())
     }
 }
@@ -621,11 +622,13 @@ impl TrainJob {
             let r = renderer.render_all(rows, max_len)?;
             too_long.insert(split.clone(), json!(r.too_long));
             if r.too_long > 0 {
-                reporter.bar.println(format!(
-                    "train: {} of {} {split} rows are longer than {max_len} tokens and are left out (--max-seq-len)",
-                    r.too_long,
-                    rows.len()
-                ));
+                reporter.bar.suspend(|| {
+                    eprintln!(
+                        "train: {} of {} {split} rows are longer than {max_len} tokens and are left out (--max-seq-len)",
+                        r.too_long,
+                        rows.len()
+                    )
+                });
             }
             rendered.insert(split.clone(), r.examples);
         }

@@ -58,6 +58,9 @@ struct Config {
     rope_theta: f32,
     #[serde(default)]
     rope_scaling: Option<Value>,
+    /// transformers 5 writes RoPE's settings here (`rope_theta`, `rope_type`) instead.
+    #[serde(default)]
+    rope_parameters: Option<Value>,
     #[serde(default = "default_positions")]
     max_position_embeddings: usize,
     #[serde(default)]
@@ -281,7 +284,13 @@ pub fn open(dir: &Path, max_positions: usize) -> Result<HfDir<'_>> {
             config.model_type
         )));
     }
-    if config.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+    let rope_type = config
+        .rope_parameters
+        .as_ref()
+        .and_then(|p| p.get("rope_type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    if config.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) || rope_type != "default" {
         return Err(GenerationError::Format(format!(
             "{}: rope_scaling is set; engram's llama runs unscaled RoPE only",
             dir.display()
@@ -302,7 +311,12 @@ pub fn open(dir: &Path, max_positions: usize) -> Result<HfDir<'_>> {
         kv_heads: config.num_key_value_heads.unwrap_or(config.num_attention_heads),
         dim: config.hidden_size,
         eps: config.rms_norm_eps,
-        rope_base: config.rope_theta,
+        rope_base: config
+            .rope_parameters
+            .as_ref()
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(Value::as_f64)
+            .map_or(config.rope_theta, |theta| theta as f32),
     };
     let files = weight_files(dir)?;
     // SAFETY: the files are mapped read-only; engram never writes a registered model's files, and

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Training benchmark: `feature-pipeline bench-train` beside Hugging Face transformers + peft on torch
+# (CPU), same machine, same run, same model (the HF export of the shipped GGUF), same LoRA config and
+# workload (batch 1, 512-token sequences, the last 128 carrying the loss), at 1 and 2 threads, each
+# in a fresh process (peak RSS). Then the sample run: `feature-pipeline train` on the quickstart's
+# dataset, its time and tokens/s. Writes the Training section of docs/BENCHMARKS.md.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+cache="${ENGRAM_CACHE_DIR:-$HOME/.cache/engram}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
+venv="$cache/bench-venv"
+out="$CARGO_TARGET_DIR/bench"
+mkdir -p "$out"
+results="$out/train.jsonl"
+: >"$results"
+steps="${ENGRAM_BENCH_TRAIN_STEPS:-6}"
+
+./scripts/fetch-models.sh >/dev/null
+if [[ ! -x "$venv/bin/python" ]]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/bench/requirements.txt
+
+echo "building feature-pipeline (release)"
+cargo build --release --quiet -p feature-pipeline
+bin="$CARGO_TARGET_DIR/release/feature-pipeline"
+
+model="$out/smollm2-hf"
+if [[ ! -f "$model/model.safetensors" ]]; then
+  rm -rf "$model"
+  "$bin" models export-hf models/SmolLM2-135M-Instruct.Q4_1.gguf "$model" >/dev/null
+fi
+
+for threads in 1 2; do
+  "$bin" bench-train --base "$model" --threads "$threads" --steps "$steps" | tee -a "$results"
+  "$venv/bin/python" scripts/bench/train_peer.py --model "$model" --threads "$threads" --steps "$steps" | tee -a "$results"
+done
+
+"$venv/bin/python" scripts/bench/train_report.py "$results" docs/BENCHMARKS.md ${ENGRAM_BENCH_TRAIN_NOTES:+"$ENGRAM_BENCH_TRAIN_NOTES"}
+echo "wrote the Training section of docs/BENCHMARKS.md"
