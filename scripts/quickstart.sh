@@ -27,8 +27,9 @@ echo "==> storage (embedded defaults under $ENGRAM_HOME)"
 "$bin/feature-pipeline" status
 
 echo
-echo "==> the pipeline, one recorded run (samples/pipeline.toml): extract → explore → filter → dataset → index → model"
-echo "    (the first run distils summaries with the local teacher: a few minutes; reruns skip unchanged steps)"
+echo "==> the pipeline, one recorded run (samples/pipeline.toml): extract → explore → filter → dataset → index → model → train"
+echo "    (the first run distils summaries with the local teacher and fine-tunes the SLM on them: minutes;"
+echo "     reruns skip unchanged steps)"
 "$bin/feature-pipeline" run --config samples/pipeline.toml
 
 echo
@@ -40,7 +41,8 @@ echo "==> what it made"
 echo "retrieval on the sample questions:"
 "$bin/feature-pipeline" eval retrieval --questions samples/questions.tsv | tail -n 1
 echo "explore report: $ENGRAM_HOME/reports/ (newest run)"
-echo "  train (fine-tune, register): not yet, its issue is open"
+echo "fine-tuning: base vs fine-tuned on the test split above; the adapter, merged model and loss curve:"
+echo "  feature-pipeline models export <version> DIR   (see feature-pipeline models list --json)"
 
 addr="${ENGRAM_ADDR:-127.0.0.1:8080}"
 echo

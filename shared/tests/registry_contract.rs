@@ -237,6 +237,45 @@ async fn teacher_responses_are_stored_once_by_key(registry: &Registry) {
     assert!(registry.teacher_responses("teacher-a").await.unwrap() >= 2);
 }
 
+async fn metrics_alias_history_and_training_checkpoints(registry: &Registry) {
+    let first = registry.register_model(model("base")).await.unwrap();
+    assert_eq!(first.metrics, json!({}));
+    let tuned = registry.register_model(model("tuned")).await.unwrap();
+    registry
+        .add_model_metrics(tuned.version, &json!({ "test_rouge_l": 0.31, "validation_loss": 1.5 }))
+        .await
+        .unwrap();
+    registry
+        .add_model_metrics(tuned.version, &json!({ "test_rouge_l": 0.33, "base_test_rouge_l": 0.29 }))
+        .await
+        .unwrap();
+    let stored = registry.model(tuned.version).await.unwrap().unwrap();
+    assert_eq!(
+        stored.metrics,
+        json!({ "test_rouge_l": 0.33, "validation_loss": 1.5, "base_test_rouge_l": 0.29 }),
+        "later metrics replace their keys and keep the others"
+    );
+    assert!(registry.add_model_metrics(999_999, &json!({})).await.is_err());
+
+    // Every move of an alias is remembered, in order, even within one millisecond.
+    let before = registry.alias_history(AliasKind::Model, "staging").await.unwrap();
+    for version in [first.version, tuned.version, first.version] {
+        registry.set_alias(AliasKind::Model, "staging", version).await.unwrap();
+    }
+    let after = registry.alias_history(AliasKind::Model, "staging").await.unwrap();
+    assert_eq!(after[before.len()..], [first.version, tuned.version, first.version]);
+
+    // A training's checkpoint pointer only moves forward, and is cleared when the model is in.
+    let key = "k".repeat(64);
+    assert_eq!(registry.train_checkpoint(&key).await.unwrap(), None);
+    registry.save_train_checkpoint(&key, 4, "hash-4").await.unwrap();
+    registry.save_train_checkpoint(&key, 8, "hash-8").await.unwrap();
+    registry.save_train_checkpoint(&key, 6, "hash-6").await.unwrap();
+    assert_eq!(registry.train_checkpoint(&key).await.unwrap(), Some((8, "hash-8".to_string())));
+    registry.clear_train_checkpoint(&key).await.unwrap();
+    assert_eq!(registry.train_checkpoint(&key).await.unwrap(), None);
+}
+
 async fn registry_contract(registry: &Registry) {
     println!("registry contract: running against {}", registry.backend());
     runs_and_steps_are_recorded_and_cached_by_key(registry).await;
@@ -244,6 +283,7 @@ async fn registry_contract(registry: &Registry) {
     an_index_version_goes_live_only_when_ready(registry).await;
     concurrent_registrations_get_distinct_versions(registry).await;
     teacher_responses_are_stored_once_by_key(registry).await;
+    metrics_alias_history_and_training_checkpoints(registry).await;
     common::report(&format!("PASSED: registry contract on {}", registry.backend()));
 }
 

@@ -315,12 +315,15 @@ async fn list(storage: &Storage, as_json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:>8}  {:<10} {:<32} {:<8} sha256",
-        "version", "alias", "name", "format"
+        "{:>8}  {:<10} {:<32} {:<8} {:<12} {:>7} {:>9}  base",
+        "version", "alias", "name", "format", "sha256", "dataset", "ROUGE-L"
     );
     for model in &models {
+        let rouge = model.metrics["test_rouge_l"]
+            .as_f64()
+            .map_or("-".to_string(), |r| format!("{r:.4}"));
         println!(
-            "{:>8}  {:<10} {:<32} {:<8} {}",
+            "{:>8}  {:<10} {:<32} {:<8} {:<12} {:>7} {:>9}  {}",
             format!("v{}", model.version),
             if Some(model.version) == production {
                 MODEL_PRODUCTION
@@ -329,7 +332,12 @@ async fn list(storage: &Storage, as_json: bool) -> Result<()> {
             },
             model.spec.name,
             model.spec.format,
-            &model.spec.artifact_hash[..12]
+            &model.spec.artifact_hash[..12],
+            model.spec.dataset_version.map_or("-".to_string(), |d| format!("v{d}")),
+            rouge,
+            model.spec.lineage["base_model"]
+                .as_i64()
+                .map_or("-".to_string(), |b| format!("v{b}")),
         );
     }
     if models.is_empty() {
