@@ -246,7 +246,10 @@ async fn metrics_alias_history_and_training_checkpoints(registry: &Registry) {
         .await
         .unwrap();
     registry
-        .add_model_metrics(tuned.version, &json!({ "test_rouge_l": 0.33, "base_test_rouge_l": 0.29 }))
+        .add_model_metrics(
+            tuned.version,
+            &json!({ "test_rouge_l": 0.33, "base_test_rouge_l": 0.29 }),
+        )
         .await
         .unwrap();
     let stored = registry.model(tuned.version).await.unwrap().unwrap();
@@ -271,7 +274,10 @@ async fn metrics_alias_history_and_training_checkpoints(registry: &Registry) {
     registry.save_train_checkpoint(&key, 4, "hash-4").await.unwrap();
     registry.save_train_checkpoint(&key, 8, "hash-8").await.unwrap();
     registry.save_train_checkpoint(&key, 6, "hash-6").await.unwrap();
-    assert_eq!(registry.train_checkpoint(&key).await.unwrap(), Some((8, "hash-8".to_string())));
+    assert_eq!(
+        registry.train_checkpoint(&key).await.unwrap(),
+        Some((8, "hash-8".to_string()))
+    );
     registry.clear_train_checkpoint(&key).await.unwrap();
     assert_eq!(registry.train_checkpoint(&key).await.unwrap(), None);
 }

@@ -19,7 +19,7 @@ use candle_core::{D, DType, Device, Result, Tensor, bail};
 use engram_shared::generation::llama::{Part, Shape};
 
 use super::lora::{Adapter, Projection};
-use super::ops::{Attention, Frozen, RmsNorm, Rope, RopeTable};
+use super::ops::{AdaptedProduct, Attention, Frozen, RmsNorm, Rope, RopeTable, SwiGlu};
 
 /// A model's tensors by part (a `Checkpoint`'s), matrices in GGUF's row order.
 pub type Tensors = std::collections::BTreeMap<Part, Tensor>;
@@ -263,7 +263,16 @@ impl Base {
         };
         for (i, layer) in self.layers.iter().enumerate() {
             let project = |projection: Projection, input: &Tensor| -> Result<Tensor> {
-                let y = layer.weight(projection).forward(input, path)?;
+                let weight = layer.weight(projection);
+                let fused = path == Path::Custom && !(training && adapter.config.dropout > 0.0);
+                if fused && let Some(pair) = adapter.layers.get(i).and_then(|p| p.get(&projection)) {
+                    return AdaptedProduct::new(weight.frozen.clone(), adapter.config.scale() as f32).forward(
+                        input,
+                        pair.a.as_tensor(),
+                        pair.b.as_tensor(),
+                    );
+                }
+                let y = weight.forward(input, path)?;
                 match adapter.delta(i, projection, input, training)? {
                     Some(delta) => y + delta,
                     None => Ok(y),
@@ -286,7 +295,10 @@ impl Base {
             let h = layer.ffn_norm.forward(&x, path)?;
             let gate = project(Projection::Gate, &h)?;
             let up = project(Projection::Up, &h)?;
-            let m = (gate.silu()? * up)?;
+            let m = match path {
+                Path::Custom => SwiGlu::forward(&gate, &up)?,
+                Path::Candle => (gate.silu()? * up)?,
+            };
             x = (x + project(Projection::Down, &m)?)?;
         }
         let rows: Vec<u32> = batch.targets.iter().map(|&(row, _)| row as u32).collect();

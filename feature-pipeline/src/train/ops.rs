@@ -7,6 +7,8 @@
 //! still drives the whole pass:
 //!
 //! - [`Frozen::forward`]: `x · Wᵀ` for a frozen weight; the backward returns only `g · W`;
+//! - [`AdaptedProduct`]: the same with its LoRA adapter added, keeping only its output;
+//! - [`SwiGlu`]: the MLP's `silu(gate) ∘ up`;
 //! - [`RmsNorm`]: RMS norm with a frozen scale;
 //! - [`Rope`]: rotary embedding in GGUF's interleaved-pair layout; its backward is the inverse
 //!   rotation;
@@ -138,6 +140,233 @@ impl CustomOp1 for FrozenProduct {
             transposed: !self.transposed,
         };
         Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&back)?))
+    }
+}
+
+/// A frozen projection and its LoRA adapter as one op: `y = x·Wᵀ + scale·(x·Aᵀ)·Bᵀ`, with `x`
+/// (`n x in`), `A` (`r x in`) and `B` (`out x r`) its arguments.
+///
+/// Composed from candle's operations, an adapted projection keeps four `n x out` tensors alive
+/// until the backward pass (the frozen product, the update, the scaled update, their sum); this op
+/// keeps its output alone and recomputes the small `x·Aᵀ` in the backward, which gives
+/// `dB = scale·dyᵀ·u`, `du = scale·dy·B`, `dA = duᵀ·x` and `dx = dy·W + du·A` (`u = x·Aᵀ`).
+#[derive(Debug, Clone)]
+pub struct AdaptedProduct {
+    weight: Frozen,
+    scale: f32,
+}
+
+impl AdaptedProduct {
+    /// The projection `weight` with an adapter scaled by `scale`.
+    pub fn new(weight: Frozen, scale: f32) -> Self {
+        AdaptedProduct { weight, scale }
+    }
+
+    /// `x·Wᵀ + scale·(x·Aᵀ)·Bᵀ`, differentiable in `x`, `a` and `b`.
+    pub fn forward(&self, x: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        x.contiguous()?
+            .apply_op3(&a.contiguous()?, &b.contiguous()?, self.clone())
+    }
+
+    fn check(&self, n_in: usize, a: (usize, usize), b: (usize, usize)) -> Result<()> {
+        let w = &self.weight;
+        if n_in != w.cols || a.1 != w.cols || b.0 != w.rows || a.0 != b.1 {
+            bail!(
+                "adapted-product: x has {n_in} features, A is {a:?}, B is {b:?}, W is {} x {}",
+                w.rows,
+                w.cols
+            );
+        }
+        Ok(())
+    }
+}
+
+impl CustomOp3 for AdaptedProduct {
+    fn name(&self) -> &'static str {
+        "adapted-product"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, a, b) = (
+            contiguous(s1, l1, self.name())?,
+            contiguous(s2, l2, self.name())?,
+            contiguous(s3, l3, self.name())?,
+        );
+        let (n, inputs) = matrix_dims(l1, self.name())?;
+        let (rank, outputs) = (matrix_dims(l2, self.name())?, matrix_dims(l3, self.name())?);
+        self.check(inputs, rank, outputs)?;
+        let (r, out) = (rank.0, outputs.0);
+        let mut u = vec![0f32; n * r];
+        product(
+            ViewMut::rows(&mut u, 0, n, r, r),
+            View::rows(x, 0, n, inputs, inputs),
+            View::rows(a, 0, r, inputs, inputs).t(),
+            1.0,
+            false,
+            threads(),
+        );
+        let mut y = vec![0f32; n * out];
+        product(
+            ViewMut::rows(&mut y, 0, n, out, out),
+            View::rows(x, 0, n, inputs, inputs),
+            self.weight.view().t(),
+            1.0,
+            false,
+            threads(),
+        );
+        product(
+            ViewMut::rows(&mut y, 0, n, out, out),
+            View::rows(&u, 0, n, r, r),
+            View::rows(b, 0, out, r, r).t(),
+            self.scale,
+            true,
+            threads(),
+        );
+        Ok((CpuStorage::F32(y), Shape::from((n, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let values = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
+        let (n, inputs) = x.dims2()?;
+        let (r, out) = (a.dims2()?.0, b.dims2()?.0);
+        self.check(inputs, a.dims2()?, b.dims2()?)?;
+        let (xv, av, bv, dy) = (values(x)?, values(a)?, values(b)?, values(grad)?);
+        let t = threads();
+        let mut u = vec![0f32; n * r];
+        product(
+            ViewMut::rows(&mut u, 0, n, r, r),
+            View::rows(&xv, 0, n, inputs, inputs),
+            View::rows(&av, 0, r, inputs, inputs).t(),
+            1.0,
+            false,
+            t,
+        );
+        let mut db = vec![0f32; out * r];
+        product(
+            ViewMut::rows(&mut db, 0, out, r, r),
+            View::rows(&dy, 0, n, out, out).t(),
+            View::rows(&u, 0, n, r, r),
+            self.scale,
+            false,
+            t,
+        );
+        let mut du = vec![0f32; n * r];
+        product(
+            ViewMut::rows(&mut du, 0, n, r, r),
+            View::rows(&dy, 0, n, out, out),
+            View::rows(&bv, 0, out, r, r),
+            self.scale,
+            false,
+            t,
+        );
+        let mut da = vec![0f32; r * inputs];
+        product(
+            ViewMut::rows(&mut da, 0, r, inputs, inputs),
+            View::rows(&du, 0, n, r, r).t(),
+            View::rows(&xv, 0, n, inputs, inputs),
+            1.0,
+            false,
+            t,
+        );
+        let mut dx = vec![0f32; n * inputs];
+        product(
+            ViewMut::rows(&mut dx, 0, n, inputs, inputs),
+            View::rows(&dy, 0, n, out, out),
+            self.weight.view(),
+            1.0,
+            false,
+            t,
+        );
+        product(
+            ViewMut::rows(&mut dx, 0, n, inputs, inputs),
+            View::rows(&du, 0, n, r, r),
+            View::rows(&av, 0, r, inputs, inputs),
+            1.0,
+            true,
+            t,
+        );
+        let device = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, (n, inputs), device)?),
+            Some(Tensor::from_vec(da, (r, inputs), device)?),
+            Some(Tensor::from_vec(db, (out, r), device)?),
+        ))
+    }
+}
+
+/// The SiLU-gated product of the MLP, `silu(gate) ∘ up`, as one op: it keeps its output alone
+/// (candle's composed form keeps `silu(gate)` too).
+#[derive(Debug, Clone, Copy)]
+pub struct SwiGlu;
+
+impl SwiGlu {
+    /// `silu(gate) ∘ up`.
+    pub fn forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+    }
+}
+
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (g, u) = (contiguous(s1, l1, self.name())?, contiguous(s2, l2, self.name())?);
+        if l1.dims() != l2.dims() {
+            bail!("swiglu: gate {:?}, up {:?}", l1.dims(), l2.dims());
+        }
+        let mut y = vec![0f32; g.len()];
+        y.par_chunks_mut(4096)
+            .zip(g.par_chunks(4096).zip(u.par_chunks(4096)))
+            .for_each(|(y, (g, u))| {
+                for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+                    *y = g * sigmoid(g) * u;
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, gate: &Tensor, up: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let values = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
+        let (g, u, dy) = (values(gate)?, values(up)?, values(grad)?);
+        let mut dg = vec![0f32; g.len()];
+        let mut du = vec![0f32; g.len()];
+        dg.par_chunks_mut(4096)
+            .zip(du.par_chunks_mut(4096))
+            .zip(g.par_chunks(4096).zip(u.par_chunks(4096)).zip(dy.par_chunks(4096)))
+            .for_each(|((dg, du), ((g, u), dy))| {
+                for i in 0..g.len() {
+                    let s = sigmoid(g[i]);
+                    let silu = g[i] * s;
+                    du[i] = dy[i] * silu;
+                    dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+                }
+            });
+        let (shape, device) = (gate.shape(), gate.device());
+        Ok((
+            Some(Tensor::from_vec(dg, shape, device)?),
+            Some(Tensor::from_vec(du, shape, device)?),
+        ))
     }
 }
 
@@ -361,15 +590,24 @@ struct Slot {
     g: usize,
 }
 
-/// One (segment, key/value head) task's gradients: its query heads' `dq` rows (`len x group·d`)
-/// and the head's `dk`, `dv` rows (`len x d`).
-struct KvHeadGradients {
+/// One (segment, query head) task's gradients, `len x d` each: its `dq` rows and its share of its
+/// key/value head's `dk`, `dv` rows.
+struct HeadGradients {
     first: usize,
     len: usize,
-    g: usize,
+    h: usize,
     dq: Vec<f32>,
     dk: Vec<f32>,
     dv: Vec<f32>,
+}
+
+/// Query rows are taken this many at a time, each block against only the keys up to its last row:
+/// the causal mask's upper triangle is mostly never computed (37% of the products at 512 rows).
+const CAUSAL_BLOCK: usize = 128;
+
+/// `(first row, end row)` of each block of query rows.
+fn causal_blocks(len: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..len.div_ceil(CAUSAL_BLOCK)).map(move |b| (b * CAUSAL_BLOCK, len.min((b + 1) * CAUSAL_BLOCK)))
 }
 
 /// Causal self-attention over packed sequences: `q` is `n x (heads · head_dim)`, `k` and `v` are
@@ -425,14 +663,16 @@ impl Attention {
         let Slot { first, len, h, g } = slot;
         let (d, qc, kc) = (self.head_dim, self.heads * self.head_dim, self.kv_heads * self.head_dim);
         let scale = 1.0 / (d as f32).sqrt();
-        product(
-            ViewMut::rows(p, 0, len, len, len),
-            View::rows(q, first * qc + h * d, len, d, qc),
-            View::rows(k, first * kc + g * d, len, d, kc).t(),
-            scale,
-            false,
-            1,
-        );
+        for (r0, r1) in causal_blocks(len) {
+            product(
+                ViewMut::rows(p, r0 * len, r1 - r0, r1, len),
+                View::rows(q, (first + r0) * qc + h * d, r1 - r0, d, qc),
+                View::rows(k, first * kc + g * d, r1, d, kc).t(),
+                scale,
+                false,
+                1,
+            );
+        }
         for (i, row) in p.chunks_exact_mut(len).enumerate() {
             let (seen, future) = row.split_at_mut(i + 1);
             let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -460,78 +700,81 @@ impl Attention {
         let (d, qc, kc) = (self.head_dim, self.heads * self.head_dim, self.kv_heads * self.head_dim);
         let group = self.heads / self.kv_heads;
         let scale = 1.0 / (d as f32).sqrt();
-        // One task per (segment, key/value head): it alone writes that head's dk/dv rows and its
-        // query heads' dq rows.
+        // One task per (segment, query head), each with its own dk/dv rows, summed per key/value
+        // head afterwards: nine tasks balance over the threads where three (one per key/value
+        // head) did not.
         let tasks: Vec<(usize, usize, usize)> = self
             .segments
             .iter()
-            .flat_map(|&(first, len)| (0..self.kv_heads).map(move |g| (first, len, g)))
+            .flat_map(|&(first, len)| (0..self.heads).map(move |h| (first, len, h)))
             .collect();
-        let results: Vec<KvHeadGradients> = tasks
+        let results: Vec<HeadGradients> = tasks
             .into_par_iter()
-            .map(|(first, len, g)| {
+            .map(|(first, len, h)| {
+                let g = h / group;
                 let mut p = vec![0f32; len * len];
                 let mut dp = vec![0f32; len * len];
-                let mut dq = vec![0f32; len * group * d];
+                let mut dq = vec![0f32; len * d];
                 let mut dk = vec![0f32; len * d];
                 let mut dv = vec![0f32; len * d];
-                for j in 0..group {
-                    let h = g * group + j;
-                    self.probabilities(q, k, Slot { first, len, h, g }, &mut p);
+                self.probabilities(q, k, Slot { first, len, h, g }, &mut p);
+                for (r0, r1) in causal_blocks(len) {
                     // dP = dO_h · V_gᵀ
                     product(
-                        ViewMut::rows(&mut dp, 0, len, len, len),
-                        View::rows(dout, first * qc + h * d, len, d, qc),
-                        View::rows(v, first * kc + g * d, len, d, kc).t(),
+                        ViewMut::rows(&mut dp, r0 * len, r1 - r0, r1, len),
+                        View::rows(dout, (first + r0) * qc + h * d, r1 - r0, d, qc),
+                        View::rows(v, first * kc + g * d, r1, d, kc).t(),
                         1.0,
                         false,
                         1,
                     );
-                    // dS = P ∘ (dP − rowsum(dO ∘ O)) · scale
-                    for i in 0..len {
-                        let row = (first + i) * qc + h * d;
-                        let delta: f32 = dout[row..row + d]
-                            .iter()
-                            .zip(&out[row..row + d])
-                            .map(|(a, b)| a * b)
-                            .sum();
-                        let (pr, dr) = (&p[i * len..i * len + i + 1], &mut dp[i * len..(i + 1) * len]);
-                        for (x, &pv) in dr.iter_mut().zip(pr) {
-                            *x = pv * (*x - delta) * scale;
-                        }
-                        dr[i + 1..].fill(0.0);
+                }
+                // dS = P ∘ (dP − rowsum(dO ∘ O)) · scale
+                for i in 0..len {
+                    let row = (first + i) * qc + h * d;
+                    let delta: f32 = dout[row..row + d]
+                        .iter()
+                        .zip(&out[row..row + d])
+                        .map(|(a, b)| a * b)
+                        .sum();
+                    let (pr, dr) = (&p[i * len..i * len + i + 1], &mut dp[i * len..(i + 1) * len]);
+                    for (x, &pv) in dr.iter_mut().zip(pr) {
+                        *x = pv * (*x - delta) * scale;
                     }
+                    dr[i + 1..].fill(0.0);
+                }
+                for (r0, r1) in causal_blocks(len) {
                     // dQ_h = dS · K_g
                     product(
-                        ViewMut::rows(&mut dq, j * d, len, d, group * d),
-                        View::rows(&dp, 0, len, len, len),
-                        View::rows(k, first * kc + g * d, len, d, kc),
+                        ViewMut::rows(&mut dq, r0 * d, r1 - r0, d, d),
+                        View::rows(&dp, r0 * len, r1 - r0, r1, len),
+                        View::rows(k, first * kc + g * d, r1, d, kc),
                         1.0,
                         false,
                         1,
                     );
                     // dK_g += dSᵀ · Q_h ; dV_g += Pᵀ · dO_h
                     product(
-                        ViewMut::rows(&mut dk, 0, len, d, d),
-                        View::rows(&dp, 0, len, len, len).t(),
-                        View::rows(q, first * qc + h * d, len, d, qc),
+                        ViewMut::rows(&mut dk, 0, r1, d, d),
+                        View::rows(&dp, r0 * len, r1 - r0, r1, len).t(),
+                        View::rows(q, (first + r0) * qc + h * d, r1 - r0, d, qc),
                         1.0,
                         true,
                         1,
                     );
                     product(
-                        ViewMut::rows(&mut dv, 0, len, d, d),
-                        View::rows(&p, 0, len, len, len).t(),
-                        View::rows(dout, first * qc + h * d, len, d, qc),
+                        ViewMut::rows(&mut dv, 0, r1, d, d),
+                        View::rows(&p, r0 * len, r1 - r0, r1, len).t(),
+                        View::rows(dout, (first + r0) * qc + h * d, r1 - r0, d, qc),
                         1.0,
                         true,
                         1,
                     );
                 }
-                KvHeadGradients {
+                HeadGradients {
                     first,
                     len,
-                    g,
+                    h,
                     dq,
                     dk,
                     dv,
@@ -539,21 +782,26 @@ impl Attention {
             })
             .collect();
         let (mut dq, mut dk, mut dv) = (vec![0f32; n * qc], vec![0f32; n * kc], vec![0f32; n * kc]);
-        for KvHeadGradients {
+        for HeadGradients {
             first,
             len,
-            g,
+            h,
             dq: q_part,
             dk: k_part,
             dv: v_part,
         } in results
         {
+            let g = h / group;
             for i in 0..len {
                 let row = first + i;
-                dq[row * qc + g * group * d..row * qc + (g + 1) * group * d]
-                    .copy_from_slice(&q_part[i * group * d..(i + 1) * group * d]);
-                dk[row * kc + g * d..row * kc + (g + 1) * d].copy_from_slice(&k_part[i * d..(i + 1) * d]);
-                dv[row * kc + g * d..row * kc + (g + 1) * d].copy_from_slice(&v_part[i * d..(i + 1) * d]);
+                dq[row * qc + h * d..row * qc + (h + 1) * d].copy_from_slice(&q_part[i * d..(i + 1) * d]);
+                let (k_row, v_row) = (&k_part[i * d..(i + 1) * d], &v_part[i * d..(i + 1) * d]);
+                for (acc, x) in dk[row * kc + g * d..row * kc + (g + 1) * d].iter_mut().zip(k_row) {
+                    *acc += x;
+                }
+                for (acc, x) in dv[row * kc + g * d..row * kc + (g + 1) * d].iter_mut().zip(v_row) {
+                    *acc += x;
+                }
             }
         }
         (dq, dk, dv)
@@ -599,14 +847,16 @@ impl CustomOp3 for Attention {
                 let mut p = vec![0f32; len * len];
                 self.probabilities(q, k, Slot { first, len, h, g }, &mut p);
                 let mut o = vec![0f32; len * d];
-                product(
-                    ViewMut::rows(&mut o, 0, len, d, d),
-                    View::rows(&p, 0, len, len, len),
-                    View::rows(v, first * kc + g * d, len, d, kc),
-                    1.0,
-                    false,
-                    1,
-                );
+                for (r0, r1) in causal_blocks(len) {
+                    product(
+                        ViewMut::rows(&mut o, r0 * d, r1 - r0, d, d),
+                        View::rows(&p, r0 * len, r1 - r0, r1, len),
+                        View::rows(v, first * kc + g * d, r1, d, kc),
+                        1.0,
+                        false,
+                        1,
+                    );
+                }
                 (first, len, h, o)
             })
             .collect();

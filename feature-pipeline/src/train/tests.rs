@@ -142,6 +142,34 @@ fn custom_ops_give_candles_loss_and_lora_gradients() {
 }
 
 #[test]
+fn sequences_longer_than_a_causal_block_give_candles_loss_and_gradients() {
+    let shape = tiny_shape();
+    let tensors = random_tensors(shape, 37, 12, false);
+    let base = Base::new(shape, &tensors, 512, &Device::Cpu).unwrap();
+    let adapter = random_adapter(&base, 13);
+    let mut batch = Batch::default();
+    let long: Vec<u32> = (0..300u32).map(|i| (i * 7 + 3) % 37).collect();
+    let other: Vec<u32> = (0..140u32).map(|i| (i * 11 + 5) % 37).collect();
+    batch.push(&long, 100);
+    batch.push(&other, 20);
+    let custom = base.loss_sum(&adapter, &batch, Path::Custom, false).unwrap();
+    let candle = base.loss_sum(&adapter, &batch, Path::Candle, false).unwrap();
+    let (lc, lr) = (custom.to_scalar::<f32>().unwrap(), candle.to_scalar::<f32>().unwrap());
+    assert!((lc - lr).abs() < 1e-4 * lr.abs(), "loss {lc} vs candle's {lr}");
+    let (gc, gr) = (custom.backward().unwrap(), candle.backward().unwrap());
+    for var in adapter.vars() {
+        let a = values(gc.get(var.as_tensor()).unwrap());
+        let b = values(gr.get(var.as_tensor()).unwrap());
+        let scale = b.iter().map(|v| v.abs()).fold(1e-3, f32::max);
+        assert!(
+            max_difference(&a, &b) < 5e-4 * scale.max(1.0),
+            "{}",
+            max_difference(&a, &b)
+        );
+    }
+}
+
+#[test]
 fn lora_gradients_match_finite_differences() {
     let shape = tiny_shape();
     let tensors = random_tensors(shape, 37, 3, false);

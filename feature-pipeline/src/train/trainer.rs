@@ -132,6 +132,22 @@ pub struct Outcome {
     pub tokens_per_second: f64,
 }
 
+/// Keeps freed memory in the process for the next step instead of handing it back to the kernel.
+///
+/// Every step allocates and frees the same few hundred megabytes of activations; with glibc's
+/// defaults, buffers over its adaptive threshold are mapped fresh each time, and the kernel zeroing
+/// those pages cost 12% of a step (perf, 2 threads). A fixed 32 MiB threshold (glibc's largest)
+/// and a high trim threshold let the heap serve them again.
+fn reuse_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; any value is valid to pass (it returns 0 to
+    // refuse one), and it locks the allocator itself.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 /// Trains `adapter` on `examples`.
 pub fn train(
     base: &Base,
@@ -142,6 +158,7 @@ pub fn train(
     resume: Option<Resume>,
     observer: &mut dyn Observer,
 ) -> anyhow::Result<Outcome> {
+    reuse_freed_memory();
     if examples.is_empty() {
         anyhow::bail!("no training examples: the dataset's train split is empty or every row is too long");
     }
