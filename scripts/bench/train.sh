@@ -21,7 +21,9 @@ steps="${ENGRAM_BENCH_TRAIN_STEPS:-6}"
 if [[ ! -x "$venv/bin/python" ]]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/bench/requirements.txt
+# Only the peer's packages (models.sh installs the rest, llama.cpp's compile included).
+grep -E '^(torch|transformers|peft)==' scripts/bench/requirements.txt |
+  xargs "$venv/bin/pip" install --quiet --disable-pip-version-check
 
 echo "building feature-pipeline (release)"
 cargo build --release --quiet -p feature-pipeline

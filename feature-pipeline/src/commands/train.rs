@@ -224,7 +224,7 @@ fn device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
         "cuda" => Device::new_cuda(0).map_err(|e| {
-            anyhow::anyhow!("--device cuda: {e}. Build feature-pipeline with candle's cuda feature on a machine with CUDA, or use --device cpu")
+            anyhow::anyhow!("--device cuda: {e}. Build feature-pipeline with `--features cuda` on a machine with the CUDA toolkit, or use --device cpu")
         }),
         other => bail!("--device {other:?}: use cpu or cuda"),
     }

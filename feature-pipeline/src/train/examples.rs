@@ -116,8 +116,10 @@ impl Renderer {
 }
 
 /// The batches of one epoch: examples sorted by length and cut into groups of `batch_size`
-/// (similar lengths share a batch, so packing wastes nothing and batches cost alike), the groups
-/// in an order shuffled by `seed` and `epoch` alone (a resumed run sees the same order).
+/// (similar lengths share a batch, so batches cost alike), the groups in an order shuffled by
+/// `seed` and `epoch` alone (a resumed run sees the same order). A batch packs its examples back
+/// to back; the trainer runs them one forward pass each (`Batch::examples`) and adds their
+/// gradients into one step.
 pub fn epoch_batches(examples: &[Example], batch_size: usize, seed: u64, epoch: usize) -> Vec<Batch> {
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.sort_by_key(|&i| (examples[i].tokens.len(), i));
@@ -167,5 +169,12 @@ mod tests {
         assert_eq!(batch.segments, vec![(0, 4), (4, 3)]);
         assert_eq!(batch.positions, vec![0, 1, 2, 3, 0, 1, 2]);
         assert_eq!(batch.targets, vec![(1, 12), (2, 13), (4, 21), (5, 22)]);
+        let mut second = Batch::default();
+        second.push(&[20, 21, 22], 1);
+        assert_eq!(
+            batch.examples()[1],
+            second,
+            "an example on its own is the batch of it alone"
+        );
     }
 }

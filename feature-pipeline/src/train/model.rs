@@ -154,6 +154,28 @@ impl Batch {
     pub fn labels(&self) -> usize {
         self.targets.len()
     }
+
+    /// Each example as a batch of its own: a forward pass over one holds one example's
+    /// activations, so memory is bounded by the longest example rather than by the batch.
+    pub fn examples(&self) -> Vec<Batch> {
+        self.segments
+            .iter()
+            .map(|&(first, len)| {
+                let mut one = Batch::default();
+                let labelled: Vec<(usize, u32)> = self
+                    .targets
+                    .iter()
+                    .filter(|(row, _)| (first..first + len).contains(row))
+                    .map(|&(row, label)| (row - first, label))
+                    .collect();
+                one.tokens = self.tokens[first..first + len].to_vec();
+                one.positions = self.positions[first..first + len].to_vec();
+                one.segments = vec![(0, len)];
+                one.targets = labelled;
+                one
+            })
+            .collect()
+    }
 }
 
 impl Base {

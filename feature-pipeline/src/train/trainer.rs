@@ -196,7 +196,8 @@ pub fn train(
             let labels: usize = group.iter().map(Batch::labels).sum();
             let mut sums: Vec<Option<Tensor>> = vec![None; vars.len()];
             let (mut loss, mut tokens) = (0f64, 0usize);
-            for batch in group {
+            for batch in group.iter().flat_map(Batch::examples) {
+                let batch = &batch;
                 let sum = base.loss_sum(adapter, batch, path, true)?;
                 let scaled = (&sum / labels as f64)?;
                 let grads = scaled.backward()?;
@@ -250,7 +251,10 @@ pub fn train(
 /// The mean loss per label token of `examples` (no gradients), e.g. on the validation split.
 pub fn evaluate(base: &Base, adapter: &Adapter, examples: &[Example], batch_size: usize) -> Result<Option<f64>> {
     let (mut sum, mut labels) = (0f64, 0usize);
-    for batch in epoch_batches(examples, batch_size, 0, 0) {
+    for batch in epoch_batches(examples, batch_size, 0, 0)
+        .iter()
+        .flat_map(Batch::examples)
+    {
         let loss = base.loss_sum(adapter, &batch, base.path(), false)?;
         sum += loss.to_scalar::<f32>()? as f64;
         labels += batch.labels();
