@@ -152,11 +152,13 @@ fn main() {
             let prompt_tokens: usize = arg(&args, "--prompt-tokens", "150").parse().expect("--prompt-tokens N");
             let new_tokens: usize = arg(&args, "--new-tokens", "128").parse().expect("--new-tokens N");
             let load = Instant::now();
-            let generator = Generator::load(
-                &models.join("SmolLM2-135M-Instruct.Q4_1.gguf"),
-                GeneratorOptions { weights },
-            )
-            .expect("load generator");
+            // `--model PATH` measures another model (a fine-tuned GGUF, say) on the same workload.
+            let model = args
+                .iter()
+                .position(|a| a == "--model")
+                .map(|i| std::path::PathBuf::from(&args[i + 1]))
+                .unwrap_or_else(|| models.join("SmolLM2-135M-Instruct.Q4_1.gguf"));
+            let generator = Generator::load(&model, GeneratorOptions { weights }).expect("load generator");
             let load_s = load.elapsed().as_secs_f64();
             // A user message whose rendered prompt has about `prompt_tokens` tokens.
             let mut question = String::from("Summarise the following notes. ");
