@@ -46,6 +46,9 @@ impl Candidate {
 pub struct Evaluation {
     /// Each model's scores, in the order asked.
     pub scores: Vec<(Candidate, ModelScores)>,
+    /// Each model's metrics as stored on a registered version (an unregistered candidate's for its
+    /// caller to store once it is registered).
+    pub metrics: Vec<Value>,
     /// The stored report's artifact hash.
     pub report: String,
     /// Documents in the test split.
@@ -149,7 +152,7 @@ pub fn print(evaluation: &Evaluation) {
 }
 
 /// Scores `candidates` on `dataset`'s test split, stores the report, and records each registered
-/// candidate's metrics (`test_rouge_l` and the rest; the first candidate is the reference the
+/// candidate's metrics (and returns every candidate's) (`test_rouge_l` and the rest; the first candidate is the reference the
 /// others are compared with: `reference_test_rouge_l`, `test_rouge_l_difference_ci95`).
 pub async fn evaluate(
     storage: &Storage,
@@ -205,8 +208,8 @@ pub async fn evaluate(
     let report = write_report(scratch.path(), dataset, &items, &scores, max_tokens)?;
     let report_hash = storage.artifacts.put_dir(EVAL_REPORT_TREE_FORMAT, &report).await?;
     let reference = scores.first().map(|(_, s)| s.clone());
+    let mut metrics_of = Vec::with_capacity(scores.len());
     for (candidate, s) in &scores {
-        let Some(version) = candidate.version else { continue };
         let mut metrics = json!({
             "eval_dataset_version": dataset.version,
             "test_documents": s.documents,
@@ -227,11 +230,15 @@ pub async fn evaluate(
             metrics["test_rouge_l_difference"] = json!(mean);
             metrics["test_rouge_l_difference_ci95"] = json!([lo, hi]);
         }
-        storage.registry.add_model_metrics(version, &metrics).await?;
+        if let Some(version) = candidate.version {
+            storage.registry.add_model_metrics(version, &metrics).await?;
+        }
+        metrics_of.push(metrics);
     }
     Ok(Evaluation {
         documents: items.len(),
         scores,
+        metrics: metrics_of,
         report: report_hash,
     })
 }

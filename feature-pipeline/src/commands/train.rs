@@ -473,6 +473,15 @@ pub async fn stage(storage: &Storage, home: &Path, run: &Run<'_>, args: &TrainAr
             "outputs": { "hf": hf_hash, "adapter": adapter_hash, "report": report_hash },
         });
         let name = args.name.clone().unwrap_or_else(|| format!("{}-lora", base.name));
+        // Evaluated before it is registered: a failed evaluation registers nothing, and the rerun
+        // resumes from the last checkpoint.
+        let served = if base.gguf {
+            out.join("model.gguf")
+        } else {
+            out.join("merged")
+        };
+        let evaluation =
+            evaluate_against_base_and_production(storage, home, &dataset, &base, &name, &served, args).await?;
         let model = storage
             .registry
             .register_model(NewModelVersion {
@@ -488,8 +497,10 @@ pub async fn stage(storage: &Storage, home: &Path, run: &Run<'_>, args: &TrainAr
             .registry
             .add_model_metrics(model.version, &outcome.metrics)
             .await?;
+        if let Some(evaluation) = &evaluation {
+            storage.registry.add_model_metrics(model.version, evaluation).await?;
+        }
         storage.registry.clear_train_checkpoint(&checkpoint_key).await?;
-        evaluate_against_base_and_production(storage, home, &dataset, &base, &model, args).await?;
         if let Some(dir) = &args.out {
             copy_dir(&out, dir)?;
             eprintln!("train: outputs written to {}", dir.display());
@@ -508,16 +519,26 @@ pub async fn stage(storage: &Storage, home: &Path, run: &Run<'_>, args: &TrainAr
     .await
 }
 
-/// Scores the base, the new model and the production model (when it is neither) on the test split
-/// and records on the new version `base_test_rouge_l` and `production_test_rouge_l` beside its own.
+/// Scores the base, the new model (its files at `served`, not registered yet) and the production
+/// model (when it is neither) on the test split; returns the metrics to record on the new version,
+/// `base_test_rouge_l` and `production_test_rouge_l` among them. A dataset without a test split
+/// is said and skipped: nothing to compare, so `--promote-if-better` will not promote.
 async fn evaluate_against_base_and_production(
     storage: &Storage,
     home: &Path,
     dataset: &DatasetVersion,
     base: &BaseModel,
-    model: &ModelVersion,
+    name: &str,
+    served: &Path,
     args: &TrainArgs,
-) -> Result<()> {
+) -> Result<Option<Value>> {
+    if dataset.spec.stats["rows"]["test"].as_u64() == Some(0) {
+        eprintln!(
+            "train: dataset v{} has no test split; the model is not evaluated (build the dataset with --test)",
+            dataset.version
+        );
+        return Ok(None);
+    }
     let base_candidate = Candidate {
         label: match base.version {
             Some(v) => format!("{} v{v}", base.name),
@@ -526,11 +547,15 @@ async fn evaluate_against_base_and_production(
         version: base.version,
         path: base.path.clone(),
     };
-    let mut candidates = vec![base_candidate, Candidate::registered(storage, home, model).await?];
+    let new_model = Candidate {
+        label: format!("{name} (new)"),
+        version: None,
+        path: served.to_path_buf(),
+    };
+    let mut candidates = vec![base_candidate, new_model];
     let production = storage.registry.alias(AliasKind::Model, MODEL_PRODUCTION).await?;
     if let Some(p) = production
         && Some(p) != base.version
-        && p != model.version
         && let Some(current) = storage.registry.model(p).await?
     {
         candidates.push(Candidate::registered(storage, home, &current).await?);
@@ -551,14 +576,10 @@ async fn evaluate_against_base_and_production(
         Some(_) => rouge(2),
         None => None,
     };
-    storage
-        .registry
-        .add_model_metrics(
-            model.version,
-            &json!({ "base_test_rouge_l": rouge(0), "production_test_rouge_l": production_score }),
-        )
-        .await?;
-    Ok(())
+    let mut metrics = evaluation.metrics.get(1).cloned().unwrap_or_else(|| json!({}));
+    metrics["base_test_rouge_l"] = json!(rouge(0));
+    metrics["production_test_rouge_l"] = json!(production_score);
+    Ok(Some(metrics))
 }
 
 fn ensure_dir(dir: &Path) -> Result<&Path> {
