@@ -19,7 +19,7 @@ use candle_core::{D, DType, Device, Result, Tensor, bail};
 use engram_shared::generation::llama::{Part, Shape};
 
 use super::lora::{Adapter, Projection};
-use super::ops::{AdaptedProduct, Attention, Frozen, RmsNorm, Rope, RopeTable, SwiGlu};
+use super::ops::{AdaptedProduct, Attention, CrossEntropy, Frozen, RmsNorm, Rope, RopeTable, SwiGlu};
 
 /// A model's tensors by part (a `Checkpoint`'s), matrices in GGUF's row order.
 pub type Tensors = std::collections::BTreeMap<Part, Tensor>;
@@ -240,6 +240,9 @@ impl Base {
     pub fn loss_sum(&self, adapter: &Adapter, batch: &Batch, path: Path, training: bool) -> Result<Tensor> {
         let logits = self.logits(adapter, batch, path, training)?;
         let labels: Vec<u32> = batch.targets.iter().map(|&(_, t)| t).collect();
+        if path == Path::Custom {
+            return CrossEntropy::sum(&logits, labels);
+        }
         let count = labels.len();
         let labels = Tensor::from_vec(labels, count, &self.device)?;
         candle_nn::loss::cross_entropy(&logits, &labels)? * count as f64

@@ -9,6 +9,7 @@
 //! - [`Frozen::forward`]: `x · Wᵀ` for a frozen weight; the backward returns only `g · W`;
 //! - [`AdaptedProduct`]: the same with its LoRA adapter added, keeping only its output;
 //! - [`SwiGlu`]: the MLP's `silu(gate) ∘ up`;
+//! - [`CrossEntropy`]: the loss over the vocabulary, keeping only the logits;
 //! - [`RmsNorm`]: RMS norm with a frozen scale;
 //! - [`Rope`]: rotary embedding in GGUF's interleaved-pair layout; its backward is the inverse
 //!   rotation;
@@ -22,7 +23,9 @@
 use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, StorageRef, Tensor, bail,
+};
 use engram_shared::generation::llama::rope_angles;
 use rayon::prelude::*;
 
@@ -36,6 +39,27 @@ fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => bail!("{op}: expected a contiguous input"),
+    }
+}
+
+/// A tensor's f32 values read in place, without a copy: its storage stays read-locked while held.
+/// The backward passes read their saved inputs and the incoming gradient this way.
+struct Held<'a> {
+    storage: StorageRef<'a>,
+    layout: &'a Layout,
+}
+
+impl<'a> Held<'a> {
+    fn new(tensor: &'a Tensor) -> Self {
+        let (storage, layout) = tensor.storage_and_layout();
+        Held { storage, layout }
+    }
+
+    fn values(&self, op: &str) -> Result<&[f32]> {
+        match &*self.storage {
+            Storage::Cpu(cpu) => contiguous(cpu, self.layout, op),
+            _ => bail!("{op}: expected a tensor on the CPU"),
+        }
     }
 }
 
@@ -241,17 +265,22 @@ impl CustomOp3 for AdaptedProduct {
         _y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let values = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
         let (n, inputs) = x.dims2()?;
         let (r, out) = (a.dims2()?.0, b.dims2()?.0);
         self.check(inputs, a.dims2()?, b.dims2()?)?;
-        let (xv, av, bv, dy) = (values(x)?, values(a)?, values(b)?, values(grad)?);
+        let grad = grad.contiguous()?;
+        let (hx, ha, hb, hy) = (Held::new(x), Held::new(a), Held::new(b), Held::new(&grad));
+        let name = self.name();
+        let (xv, av, bv, dy) = (hx.values(name)?, ha.values(name)?, hb.values(name)?, hy.values(name)?);
+        if dy.len() != n * out {
+            bail!("adapted-product: gradient of {} values for {n} x {out}", dy.len());
+        }
         let t = threads();
         let mut u = vec![0f32; n * r];
         product(
             ViewMut::rows(&mut u, 0, n, r, r),
-            View::rows(&xv, 0, n, inputs, inputs),
-            View::rows(&av, 0, r, inputs, inputs).t(),
+            View::rows(xv, 0, n, inputs, inputs),
+            View::rows(av, 0, r, inputs, inputs).t(),
             1.0,
             false,
             t,
@@ -259,7 +288,7 @@ impl CustomOp3 for AdaptedProduct {
         let mut db = vec![0f32; out * r];
         product(
             ViewMut::rows(&mut db, 0, out, r, r),
-            View::rows(&dy, 0, n, out, out).t(),
+            View::rows(dy, 0, n, out, out).t(),
             View::rows(&u, 0, n, r, r),
             self.scale,
             false,
@@ -268,8 +297,8 @@ impl CustomOp3 for AdaptedProduct {
         let mut du = vec![0f32; n * r];
         product(
             ViewMut::rows(&mut du, 0, n, r, r),
-            View::rows(&dy, 0, n, out, out),
-            View::rows(&bv, 0, out, r, r),
+            View::rows(dy, 0, n, out, out),
+            View::rows(bv, 0, out, r, r),
             self.scale,
             false,
             t,
@@ -278,7 +307,7 @@ impl CustomOp3 for AdaptedProduct {
         product(
             ViewMut::rows(&mut da, 0, r, inputs, inputs),
             View::rows(&du, 0, n, r, r).t(),
-            View::rows(&xv, 0, n, inputs, inputs),
+            View::rows(xv, 0, n, inputs, inputs),
             1.0,
             false,
             t,
@@ -286,7 +315,7 @@ impl CustomOp3 for AdaptedProduct {
         let mut dx = vec![0f32; n * inputs];
         product(
             ViewMut::rows(&mut dx, 0, n, inputs, inputs),
-            View::rows(&dy, 0, n, out, out),
+            View::rows(dy, 0, n, out, out),
             self.weight.view(),
             1.0,
             false,
@@ -295,7 +324,7 @@ impl CustomOp3 for AdaptedProduct {
         product(
             ViewMut::rows(&mut dx, 0, n, inputs, inputs),
             View::rows(&du, 0, n, r, r),
-            View::rows(&av, 0, r, inputs, inputs),
+            View::rows(av, 0, r, inputs, inputs),
             1.0,
             true,
             t,
@@ -347,8 +376,12 @@ impl CustomOp2 for SwiGlu {
     }
 
     fn bwd(&self, gate: &Tensor, up: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let values = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
-        let (g, u, dy) = (values(gate)?, values(up)?, values(grad)?);
+        let grad = grad.contiguous()?;
+        let (hg, hu, hy) = (Held::new(gate), Held::new(up), Held::new(&grad));
+        let (g, u, dy) = (hg.values("swiglu")?, hu.values("swiglu")?, hy.values("swiglu")?);
+        if u.len() != g.len() || dy.len() != g.len() {
+            bail!("swiglu: gate, up and gradient sizes differ");
+        }
         let mut dg = vec![0f32; g.len()];
         let mut du = vec![0f32; g.len()];
         dg.par_chunks_mut(4096)
@@ -367,6 +400,78 @@ impl CustomOp2 for SwiGlu {
             Some(Tensor::from_vec(dg, shape, device)?),
             Some(Tensor::from_vec(du, shape, device)?),
         ))
+    }
+}
+
+/// The summed cross-entropy of `n x vocab` logits against one target class per row, as one op:
+/// candle's `cross_entropy` keeps four vocabulary-wide copies of the logits alive for its backward
+/// (the shifted values, their exponentials, the log-softmax, ...); this keeps the logits alone and
+/// recomputes the softmax in the backward: `dlogits = g · (softmax − onehot)`.
+#[derive(Debug, Clone)]
+pub struct CrossEntropy {
+    targets: Arc<Vec<u32>>,
+}
+
+impl CrossEntropy {
+    /// The loss summed over the rows of `logits`, targets `targets` (one per row).
+    pub fn sum(logits: &Tensor, targets: Vec<u32>) -> Result<Tensor> {
+        logits.contiguous()?.apply_op1(CrossEntropy {
+            targets: Arc::new(targets),
+        })
+    }
+
+    /// Each row's maximum and log-sum-exp.
+    fn row_stats(row: &[f32]) -> (f32, f32) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
+        (max, max + sum.ln())
+    }
+
+    fn check(&self, rows: usize, vocab: usize) -> Result<()> {
+        if self.targets.len() != rows {
+            bail!("cross-entropy: {rows} rows, {} targets", self.targets.len());
+        }
+        if let Some(t) = self.targets.iter().find(|&&t| t as usize >= vocab) {
+            bail!("cross-entropy: target {t} outside the vocabulary of {vocab}");
+        }
+        Ok(())
+    }
+}
+
+impl CustomOp1 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "cross-entropy"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let logits = contiguous(storage, layout, self.name())?;
+        let (rows, vocab) = matrix_dims(layout, self.name())?;
+        self.check(rows, vocab)?;
+        let losses: Vec<f32> = logits
+            .par_chunks(vocab)
+            .zip(self.targets.par_iter())
+            .map(|(row, &t)| Self::row_stats(row).1 - row[t as usize])
+            .collect();
+        Ok((CpuStorage::F32(vec![losses.iter().sum()]), Shape::from(())))
+    }
+
+    fn bwd(&self, logits: &Tensor, _loss: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let g = grad.to_scalar::<f32>()?;
+        let (rows, vocab) = logits.dims2()?;
+        self.check(rows, vocab)?;
+        let held = Held::new(logits);
+        let values = held.values(self.name())?;
+        let mut d = vec![0f32; rows * vocab];
+        d.par_chunks_mut(vocab)
+            .zip(values.par_chunks(vocab).zip(self.targets.par_iter()))
+            .for_each(|(out, (row, &t))| {
+                let (_, lse) = Self::row_stats(row);
+                for (o, v) in out.iter_mut().zip(row) {
+                    *o = g * (v - lse).exp();
+                }
+                out[t as usize] -= g;
+            });
+        Ok(Some(Tensor::from_vec(d, (rows, vocab), logits.device())?))
     }
 }
 
