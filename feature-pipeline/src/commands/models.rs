@@ -104,12 +104,18 @@ pub async fn register(storage: &Storage, args: &RegisterModelArgs) -> Result<()>
         }
     };
     if args.promote {
-        storage
-            .registry
-            .set_alias(AliasKind::Model, MODEL_PRODUCTION, version)
-            .await?;
-        println!("model version {version} is now {MODEL_PRODUCTION}");
+        make_production(storage, version).await?;
     }
+    Ok(())
+}
+
+/// Points `production` at `version` (the service picks it up on its next reload) and says so.
+pub async fn make_production(storage: &Storage, version: i64) -> Result<()> {
+    storage
+        .registry
+        .set_alias(AliasKind::Model, MODEL_PRODUCTION, version)
+        .await?;
+    println!("model version {version} is now {MODEL_PRODUCTION}");
     Ok(())
 }
 
@@ -133,13 +139,7 @@ pub async fn resolve_version(storage: &Storage, text: &str) -> Result<i64> {
 }
 
 async fn promote(storage: &Storage, version: &str) -> Result<()> {
-    let version = resolve_version(storage, version).await?;
-    storage
-        .registry
-        .set_alias(AliasKind::Model, MODEL_PRODUCTION, version)
-        .await?;
-    println!("model version {version} is now {MODEL_PRODUCTION}");
-    Ok(())
+    make_production(storage, resolve_version(storage, version).await?).await
 }
 
 async fn rollback(storage: &Storage) -> Result<()> {

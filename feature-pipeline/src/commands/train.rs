@@ -93,11 +93,7 @@ pub async fn promote(storage: &Storage, args: &TrainArgs, trained: &Trained) -> 
         false
     };
     if promote {
-        storage
-            .registry
-            .set_alias(AliasKind::Model, MODEL_PRODUCTION, version)
-            .await?;
-        println!("model version {version} is now {MODEL_PRODUCTION}");
+        crate::commands::models::make_production(storage, version).await?;
     }
     Ok(())
 }
