@@ -19,19 +19,7 @@ use engram_tests::binary;
 use engram_tests::servers::samples;
 use serde_json::Value;
 
-/// Small, so the local teacher answers in seconds.
-const TEACHER: [&str; 10] = [
-    "--teacher",
-    "local",
-    "--summaries",
-    "2",
-    "--max-tokens",
-    "40",
-    "--max-document-chars",
-    "800",
-    "--budget-chars",
-    "600",
-];
+use common::SMALL_TEACHER as TEACHER;
 const TEACHER_ID: &str = "local:SmolLM2-135M-Instruct.Q4_1:packed";
 
 fn model() -> String {

@@ -76,25 +76,8 @@ fn tiny_model(dir: &Path) {
     engram_shared::generation::hf::write(&tiny, dir).unwrap();
 }
 
-/// Small, so the local teacher answers in seconds; a third of the documents are tested.
-const DATASET: [&str; 16] = [
-    "dataset",
-    "--teacher",
-    "local",
-    "--summaries",
-    "2",
-    "--max-tokens",
-    "40",
-    "--max-document-chars",
-    "800",
-    "--budget-chars",
-    "600",
-    "--validation",
-    "0.2",
-    "--test",
-    "0.34",
-    "--seed",
-];
+/// A third of the documents are tested (with the small teacher of `common`).
+const SPLIT: [&str; 6] = ["--validation", "0.2", "--test", "0.34", "--seed", "3"];
 
 const TRAIN: [&str; 14] = [
     "train",
@@ -183,8 +166,10 @@ async fn a_training_registers_resumes_after_sigkill_and_promotes_only_a_better_m
         .ok(&["extract", "files", &samples().join("notes").display().to_string()])
         .await;
     stores.ok(&["filter"]).await;
-    let mut dataset: Vec<&str> = DATASET.to_vec();
-    dataset.push("3");
+    let dataset: Vec<&str> = std::iter::once("dataset")
+        .chain(common::SMALL_TEACHER)
+        .chain(SPLIT)
+        .collect();
     stores.ok(&dataset).await;
     let tiny = stores.home.path().join("tiny-hf");
     tiny_model(&tiny);

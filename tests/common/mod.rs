@@ -9,6 +9,20 @@ use engram_shared::storage::open_documents;
 use engram_tests::{run, stderr, stdout};
 use futures::StreamExt;
 
+/// Flags of `dataset` that keep the local teacher small, so it answers in seconds.
+pub const SMALL_TEACHER: [&str; 10] = [
+    "--teacher",
+    "local",
+    "--summaries",
+    "2",
+    "--max-tokens",
+    "40",
+    "--max-document-chars",
+    "800",
+    "--budget-chars",
+    "600",
+];
+
 /// Where a test's stores live: a temporary ENGRAM_HOME, with MongoDB for documents when given.
 pub struct Stores {
     pub home: tempfile::TempDir,

@@ -689,6 +689,8 @@ impl TrainJob {
         // Outputs: adapter, merged model (HF and GGUF), report.
         std::fs::create_dir_all(&self.out)?;
         peft::save(&adapter, &shape, &self.base_label, &self.out.join("adapter"))?;
+        // The base is read again for the merge rather than kept through training: holding the f32
+        // checkpoint beside the training copy would double the weights' memory for the whole run.
         drop(base);
         let checkpoint = Checkpoint::load(&self.base_path, usize::MAX)?;
         let merged = merge::merge(&checkpoint, &adapter)?;
