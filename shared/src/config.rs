@@ -6,6 +6,22 @@
 
 use std::path::{Path, PathBuf};
 
+/// A binary's typed config from its flags and environment. `--help` shows no environment
+/// variable's value, for every option of every subcommand: connection strings, tokens and proxy
+/// URLs carry secrets, and a help text ends up in terminals, logs and bug reports. Hiding all of
+/// them, rather than marking the secret ones, keeps a newly added secret from slipping through.
+pub fn parse_args<T: clap::Parser>() -> T {
+    let matches = hide_env_values(T::command()).get_matches();
+    T::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
+}
+
+/// `command` with every option's environment value hidden from its help, recursively.
+pub fn hide_env_values(command: clap::Command) -> clap::Command {
+    command
+        .mut_args(|arg| arg.hide_env_values(true))
+        .mut_subcommands(hide_env_values)
+}
+
 /// Storage settings shared by the feature pipeline and the inference service.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StorageConfig {

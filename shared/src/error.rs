@@ -13,7 +13,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A backend could not be opened with the configuration given. Names the variable to fix.
-    #[error("{variable}={address}: {reason}. {hint}")]
+    #[error("{variable}={}: {}. {hint}", redact(address), redact(reason))]
     Config {
         /// The environment variable (or flag) that chose this backend, e.g. `ENGRAM_MONGODB_URI`.
         variable: &'static str,
@@ -69,15 +69,33 @@ impl Error {
     }
 }
 
-/// Removes the password from a URL-like address so it can be shown in messages and logs.
-pub fn redact(address: &str) -> String {
-    match url::Url::parse(address) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("****"));
-            url.to_string()
+/// Hides the userinfo (`user:password@`) of a URL-like address so it can be shown in messages and
+/// logs. Done on the text, not through a URL parser: a MongoDB replica-set URI
+/// (`mongodb://u:p@h1:27017,h2:27017/`) is no valid URL, and an unparsable value must not come
+/// out unredacted. Every `scheme://…@` in the text is covered, so a message quoting several
+/// addresses is safe too.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let authority_start = at + 3;
+        out.push_str(&rest[..authority_start]);
+        let after = &rest[authority_start..];
+        let authority_end = after
+            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>'))
+            .unwrap_or(after.len());
+        let authority = &after[..authority_end];
+        match authority.rfind('@') {
+            Some(userinfo_end) => {
+                out.push_str("****");
+                out.push_str(&authority[userinfo_end..]);
+            }
+            None => out.push_str(authority),
         }
-        _ => address.to_string(),
+        rest = &after[authority_end..];
     }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -85,10 +103,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redact_hides_the_password_only() {
+    fn redact_hides_userinfo_wherever_it_is() {
         assert_eq!(
             redact("postgres://user:secret@db:5432/engram"),
-            "postgres://user:****@db:5432/engram"
+            "postgres://****@db:5432/engram"
+        );
+        assert_eq!(
+            redact("mongodb://admin:s3cr%40t@h1:27017,h2:27017,h3:27017/engram?replicaSet=rs0&authSource=admin"),
+            "mongodb://****@h1:27017,h2:27017,h3:27017/engram?replicaSet=rs0&authSource=admin"
+        );
+        assert_eq!(
+            redact("mongodb+srv://u:p@cluster0.example.net/?retryWrites=true"),
+            "mongodb+srv://****@cluster0.example.net/?retryWrites=true"
+        );
+        assert_eq!(
+            redact("cannot reach http://a:b@proxy:3128 or postgres://x:y@db/z (refused)"),
+            "cannot reach http://****@proxy:3128 or postgres://****@db/z (refused)"
+        );
+        assert_eq!(
+            redact("http://host/p?email=a@b.c"),
+            "http://host/p?email=a@b.c",
+            "an @ after the path stays"
         );
         assert_eq!(redact("mongodb://db:27017"), "mongodb://db:27017");
         assert_eq!(redact("not a url"), "not a url");

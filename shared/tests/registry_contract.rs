@@ -5,7 +5,7 @@ mod common;
 use engram_shared::Error;
 use engram_shared::registry::{
     AliasKind, INDEX_LIVE, IndexStatus, MODEL_PRODUCTION, NewDatasetVersion, NewIndexVersion, NewModelVersion,
-    Registry, RunStatus, StepKey,
+    Registry, RunOwner, RunStatus, StepKey,
 };
 use serde_json::json;
 use sqlx::Connection;
@@ -282,6 +282,57 @@ async fn metrics_alias_history_and_training_checkpoints(registry: &Registry) {
     assert_eq!(registry.train_checkpoint(&key).await.unwrap(), None);
 }
 
+async fn a_dead_run_is_marked_interrupted_with_the_steps_it_finished(registry: &Registry) {
+    let owner = RunOwner {
+        host: "worker-7".into(),
+        pid: 4242,
+    };
+    let run = registry
+        .start_owned_run(&json!({ "command": "run" }), "0.1.0", Some(&owner))
+        .await
+        .unwrap();
+    registry.heartbeat(&run.id).await.unwrap();
+    let open = registry.open_runs().await.unwrap();
+    let mine = open.iter().find(|r| r.id == run.id).expect("listed as open");
+    assert_eq!(mine.owner.as_ref(), Some(&owner));
+    for name in ["extract", "distil"] {
+        registry.start_step(&run.id, &step(name, "i")).await.unwrap();
+    }
+    registry
+        .finish_step(&run.id, "extract", RunStatus::Succeeded, Some("h"), &json!({}), None)
+        .await
+        .unwrap();
+
+    // A judge that finds nothing dead marks nothing.
+    assert!(registry.interrupt_dead_runs(|_| false).await.unwrap().is_empty());
+    let marked = registry.interrupt_dead_runs(|r| r.id == run.id).await.unwrap();
+    assert_eq!(marked, vec![run.id.clone()]);
+    let stored = registry.run(&run.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, RunStatus::Interrupted);
+    let error = stored.error.unwrap_or_default();
+    assert!(
+        error.contains("finished steps: extract") && error.contains("unfinished: distil"),
+        "{error}"
+    );
+    let steps = registry.steps(&run.id).await.unwrap();
+    let status = |name: &str| steps.iter().find(|s| s.key.name == name).map(|s| s.status);
+    assert_eq!(
+        status("extract"),
+        Some(RunStatus::Succeeded),
+        "finished work stays cached"
+    );
+    assert_eq!(status("distil"), Some(RunStatus::Interrupted));
+    assert!(registry.open_runs().await.unwrap().iter().all(|r| r.id != run.id));
+    assert!(
+        registry
+            .interrupt_dead_runs(|r| r.id == run.id)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a run is marked once"
+    );
+}
+
 async fn registry_contract(registry: &Registry) {
     println!("registry contract: running against {}", registry.backend());
     runs_and_steps_are_recorded_and_cached_by_key(registry).await;
@@ -290,6 +341,7 @@ async fn registry_contract(registry: &Registry) {
     concurrent_registrations_get_distinct_versions(registry).await;
     teacher_responses_are_stored_once_by_key(registry).await;
     metrics_alias_history_and_training_checkpoints(registry).await;
+    a_dead_run_is_marked_interrupted_with_the_steps_it_finished(registry).await;
     common::report(&format!("PASSED: registry contract on {}", registry.backend()));
 }
 

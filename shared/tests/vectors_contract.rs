@@ -345,6 +345,34 @@ async fn qdrant_edge_versions_are_readable_from_a_second_process() {
         matches!(reader.upsert(1, corpus()).await, Err(Error::Conflict(_))),
         "sealed versions are immutable"
     );
+
+    // The reader's private copy is locked: a third process starting up leaves it alone, and only
+    // copies whose process is gone are removed.
+    let readers = dir.path().join(".readers");
+    let copies = || {
+        std::fs::read_dir(&readers)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(copies().len(), 1, "the reader reads a private copy");
+    std::fs::create_dir(readers.join("chunks_v1-99999-dead")).unwrap();
+    std::fs::write(readers.join("chunks_v1-99999-dead.lock"), b"").unwrap();
+    std::fs::create_dir(readers.join("chunks_v1-legacy")).unwrap();
+    let third = EdgeVectorIndex::open(dir.path()).unwrap();
+    assert_eq!(copies().len(), 1, "only the abandoned copies went: {:?}", copies());
+    let hits = reader.search_live(&query(4, 2, ChunkFilter::default())).await.unwrap();
+    assert_eq!(hits[0].chunk.doc_id, "doc-4", "the live reader's copy is intact");
+
+    // A reader that no longer serves the version releases it: the copy goes.
+    reader.release(1);
+    assert!(copies().is_empty(), "{:?}", copies());
+    assert!(
+        std::fs::read_dir(&readers).unwrap().next().is_none(),
+        "lock files go too"
+    );
+    drop(third);
 }
 
 /// Qdrant collections are global to the server: each run uses version numbers no other run uses.

@@ -3,6 +3,7 @@
 //! The binaries are built by `cargo build --workspace --bins` (which `scripts/test.sh` runs first)
 //! into the same target directory as the test executables.
 
+pub mod fuzz;
 pub mod servers;
 
 use std::path::PathBuf;

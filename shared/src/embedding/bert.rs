@@ -397,8 +397,8 @@ impl Bert {
 /// `out = x Wᵀ + b (+ residual)` for `tokens` rows of `x`, as one gemm over every token.
 fn linear(x: &[f32], tokens: usize, layer: &Linear, residual: Option<&[f32]>, out: &mut [f32]) {
     let (inputs, outputs) = (layer.inputs, layer.outputs);
-    debug_assert_eq!(x.len(), tokens * inputs);
-    debug_assert_eq!(out.len(), tokens * outputs);
+    assert_eq!(x.len(), tokens * inputs);
+    assert_eq!(out.len(), tokens * outputs);
     // The starting value the product is added onto.
     match residual {
         Some(residual) => out

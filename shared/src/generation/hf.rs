@@ -317,7 +317,8 @@ pub fn open(dir: &Path, max_positions: usize) -> Result<HfDir<'_>> {
             .and_then(|p| p.get("rope_theta"))
             .and_then(Value::as_f64)
             .map_or(config.rope_theta, |theta| theta as f32),
-    };
+    }
+    .validate()?;
     let files = weight_files(dir)?;
     // SAFETY: the files are mapped read-only; engram never writes a registered model's files, and
     // the tensors are copied out before the mapping is dropped.

@@ -71,6 +71,54 @@ pub struct Shape {
     pub rope_base: f32,
 }
 
+/// More layers than any llama-family model has: a header claiming more is damaged.
+const MAX_LAYERS: usize = 1024;
+/// Wider than any llama-family model.
+const MAX_WIDTH: usize = 1 << 16;
+
+impl Shape {
+    /// Refuses a shape the forward pass cannot run (it would divide by zero or split heads
+    /// unevenly): a damaged or hostile file's header, caught before any weight is read.
+    pub fn validate(self) -> Result<Self> {
+        let Shape {
+            layers,
+            heads,
+            kv_heads,
+            dim,
+            eps,
+            rope_base,
+        } = self;
+        let problem = if layers == 0 || heads == 0 || kv_heads == 0 || dim == 0 {
+            Some(format!(
+                "{layers} layers, {heads} heads, {kv_heads} key/value heads, width {dim}: none may be 0"
+            ))
+        } else if layers > MAX_LAYERS || heads > dim || dim > MAX_WIDTH {
+            // Sizes are allocated from these before the tensors that would contradict them are read.
+            Some(format!(
+                "{layers} layers of width {dim}: over what any llama has (at most {MAX_LAYERS} layers, width {MAX_WIDTH})"
+            ))
+        } else if !dim.is_multiple_of(heads) || !(dim / heads).is_multiple_of(2) {
+            Some(format!("width {dim} does not split into {heads} heads of an even size"))
+        } else if !heads.is_multiple_of(kv_heads) {
+            Some(format!(
+                "{heads} query heads do not share {kv_heads} key/value heads evenly"
+            ))
+        } else if !(eps.is_finite() && eps > 0.0 && rope_base.is_finite() && rope_base > 0.0) {
+            Some(format!(
+                "norm epsilon {eps} and RoPE base {rope_base} must be positive numbers"
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => Err(GenerationError::Format(format!(
+                "the model's shape is invalid: {problem}"
+            ))),
+            None => Ok(self),
+        }
+    }
+}
+
 /// One tensor of the model, named independently of the file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Part {
@@ -195,14 +243,15 @@ fn metadata_f32(content: &Content, key: &str, default: f32) -> f32 {
 /// The shape a llama-family GGUF declares.
 pub fn gguf_shape(content: &Content) -> Result<Shape> {
     let heads = metadata_u32(content, "llama.attention.head_count")?;
-    Ok(Shape {
+    Shape {
         layers: metadata_u32(content, "llama.block_count")?,
         heads,
         kv_heads: metadata_u32(content, "llama.attention.head_count_kv").unwrap_or(heads),
         dim: metadata_u32(content, "llama.embedding_length")?,
         eps: metadata_f32(content, "llama.attention.layer_norm_rms_epsilon", 1e-5),
         rope_base: metadata_f32(content, "llama.rope.freq_base", 10_000.0),
-    })
+    }
+    .validate()
 }
 
 /// A GGUF file's tensors: Q4_1 and Q8_0 blocks as stored, anything else dequantized by candle.

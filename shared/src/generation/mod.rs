@@ -9,10 +9,12 @@
 
 pub mod chat_template;
 pub mod checkpoint;
+pub mod gguf_bounds;
 pub mod gguf_tokenizer;
 pub mod hf;
 pub mod kernels;
 pub mod llama;
+pub mod prompt_tokens;
 mod sampling;
 pub mod weights;
 
@@ -27,19 +29,21 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 pub use chat_template::ChatTemplate;
+pub use prompt_tokens::PromptEncoder;
 pub use sampling::GenerationParams;
 pub use weights::WeightFormat;
 
 use sampling::{StopMatcher, sampler};
 
-/// Opens a GGUF file and reads its header, refusing anything but the llama family.
+/// Opens a GGUF file and reads its header, refusing anything but the llama family and any tensor
+/// that does not lie inside the file ([`gguf_bounds`]).
 pub fn open_llama_gguf(path: &Path) -> Result<(File, Content)> {
     let file_error = |reason: String| GenerationError::File {
         path: path.to_path_buf(),
         reason,
     };
     let mut file = File::open(path).map_err(|e| file_error(e.to_string()))?;
-    let content = Content::read(&mut file).map_err(|e| file_error(format!("not a GGUF file: {e}")))?;
+    let content = gguf_bounds::read_checked(&mut file).map_err(file_error)?;
     let architecture = content
         .metadata
         .get("general.architecture")
@@ -187,6 +191,7 @@ enum State<'a> {
 pub struct Generator {
     model: Model,
     tokenizer: Tokenizer,
+    prompts: PromptEncoder,
     template: ChatTemplate,
     stop_tokens: Vec<u32>,
     bos: Option<u32>,
@@ -289,6 +294,7 @@ impl Generator {
         let model_id = name.map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         Generator {
             model,
+            prompts: PromptEncoder::new(tokenizer.clone()),
             tokenizer,
             template,
             stop_tokens,
@@ -314,7 +320,8 @@ impl Generator {
         &self.tokenizer
     }
 
-    /// Token ids of `text` as the model sees it (special tokens recognised, no BOS added).
+    /// Token ids of `text` with special tokens recognised, no BOS added: for text the template
+    /// wrote. A chat's prompt is [`Generator::prompt_tokens`].
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let encoding = self
             .tokenizer
@@ -335,6 +342,15 @@ impl Generator {
         self.template.render(messages)
     }
 
+    /// The token ids the model is given for `messages` (BOS first where the model wants one).
+    /// Only the template's own markers are control tokens: a `<|im_start|>` written in a message
+    /// or a document stays text ([`prompt_tokens`]).
+    pub fn prompt_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        let mut tokens: Vec<u32> = self.bos.into_iter().collect();
+        tokens.extend(self.prompts.encode(&self.template, messages)?);
+        Ok(tokens)
+    }
+
     /// Generates an answer to `messages`, calling `on_text` with each new piece of text.
     pub fn generate(
         &self,
@@ -342,9 +358,7 @@ impl Generator {
         params: &GenerationParams,
         mut on_text: impl FnMut(&str) -> Flow,
     ) -> Result<Completion> {
-        let prompt = self.render(messages)?;
-        let mut tokens: Vec<u32> = self.bos.into_iter().collect();
-        tokens.extend(self.encode(&prompt)?);
+        let mut tokens = self.prompt_tokens(messages)?;
         let prompt_tokens = tokens.len();
         if prompt_tokens >= self.context_length {
             return Err(GenerationError::Request(format!(

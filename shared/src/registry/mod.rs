@@ -13,7 +13,7 @@ mod runs;
 mod versions;
 
 pub use aliases::{AliasKind, INDEX_LIVE, MODEL_PRODUCTION, MODEL_STAGING};
-pub use runs::{PipelineRun, RunStatus, StepKey, StepRecord};
+pub use runs::{OpenRun, PipelineRun, RunOwner, RunStatus, StepKey, StepRecord};
 pub use versions::{
     DatasetVersion, HF_TREE_FORMAT, IndexStatus, IndexVersion, MODEL_FORMAT_GGUF, MODEL_FORMAT_HF, ModelVersion,
     NewDatasetVersion, NewIndexVersion, NewModelVersion,

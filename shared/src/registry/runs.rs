@@ -21,8 +21,7 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
-    /// Started, not finished (or the process died: a run stays `running` until a later one
-    /// finishes the job).
+    /// Started, not finished.
     Running,
     /// Finished and its outputs are stored.
     Succeeded,
@@ -30,6 +29,9 @@ pub enum RunStatus {
     Failed,
     /// A step skipped because the step cache had its output.
     Cached,
+    /// Its process stopped without finishing it (killed, crashed, the machine lost): marked so by
+    /// a later run ([`Registry::interrupt_dead_runs`]); the steps it finished stay cached.
+    Interrupted,
 }
 
 impl RunStatus {
@@ -39,6 +41,7 @@ impl RunStatus {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
             RunStatus::Cached => "cached",
+            RunStatus::Interrupted => "interrupted",
         }
     }
 }
@@ -57,6 +60,7 @@ impl FromStr for RunStatus {
             "succeeded" => RunStatus::Succeeded,
             "failed" => RunStatus::Failed,
             "cached" => RunStatus::Cached,
+            "interrupted" => RunStatus::Interrupted,
             other => return Err(Error::Corrupt(format!("unknown run status {other:?}"))),
         })
     }
@@ -81,6 +85,26 @@ pub struct PipelineRun {
     pub config: serde_json::Value,
     /// Why it failed.
     pub error: Option<String>,
+}
+
+/// The process running a run, so that a later run can tell whether it is still alive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOwner {
+    /// The host's name (a pod's name on Kubernetes).
+    pub host: String,
+    /// The process id on that host.
+    pub pid: i64,
+}
+
+/// A run still marked `running`, with what says whether its process lives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenRun {
+    /// The run's id.
+    pub id: String,
+    /// Who ran it (runs recorded before owners were kept have none).
+    pub owner: Option<RunOwner>,
+    /// When it last said it was alive (its start, before its first heartbeat).
+    pub heartbeat_at: Timestamp,
 }
 
 /// What identifies a step's work for the step cache.
@@ -160,6 +184,16 @@ fn row_to_step(row: &AnyRow) -> Result<StepRecord> {
 impl Registry {
     /// Records the start of a run and returns it.
     pub async fn start_run(&self, config: &serde_json::Value, code_version: &str) -> Result<PipelineRun> {
+        self.start_owned_run(config, code_version, None).await
+    }
+
+    /// Records the start of a run by `owner` (whose liveness later runs check) and returns it.
+    pub async fn start_owned_run(
+        &self,
+        config: &serde_json::Value,
+        code_version: &str,
+        owner: Option<&RunOwner>,
+    ) -> Result<PipelineRun> {
         let config_text = config.to_string();
         let run = PipelineRun {
             id: uuid::Uuid::new_v4().to_string(),
@@ -172,8 +206,8 @@ impl Registry {
             error: None,
         };
         sqlx::query(
-            "INSERT INTO pipeline_runs (id, status, started_at, code_version, config_hash, config) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO pipeline_runs (id, status, started_at, code_version, config_hash, config, host, pid, heartbeat_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&run.id)
         .bind(run.status.as_str())
@@ -181,6 +215,9 @@ impl Registry {
         .bind(&run.code_version)
         .bind(&run.config_hash)
         .bind(&config_text)
+        .bind(owner.map(|o| o.host.clone()))
+        .bind(owner.map(|o| o.pid))
+        .bind(millis(&run.started_at))
         .execute(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
@@ -201,6 +238,97 @@ impl Registry {
             return Err(Error::not_found(format!("pipeline run {run_id}")));
         }
         Ok(())
+    }
+
+    /// Says that run `run_id` is alive (its process calls this every little while).
+    pub async fn heartbeat(&self, run_id: &str) -> Result<()> {
+        sqlx::query("UPDATE pipeline_runs SET heartbeat_at = $1 WHERE id = $2 AND status = 'running'")
+            .bind(millis(&now()))
+            .bind(run_id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Runs still marked `running`, oldest first.
+    pub async fn open_runs(&self) -> Result<Vec<OpenRun>> {
+        let rows = sqlx::query(
+            "SELECT id, host, pid, started_at, heartbeat_at FROM pipeline_runs WHERE status = 'running' ORDER BY started_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(|row| {
+                let host: Option<String> = get(row, "host")?;
+                let pid: Option<i64> = get(row, "pid")?;
+                let beat: Option<i64> = get(row, "heartbeat_at")?;
+                Ok(OpenRun {
+                    id: get(row, "id")?,
+                    owner: host.zip(pid).map(|(host, pid)| RunOwner { host, pid }),
+                    heartbeat_at: from_millis(beat.unwrap_or(get(row, "started_at")?)),
+                })
+            })
+            .collect()
+    }
+
+    /// Marks the open runs that `dead` says are gone as `interrupted`, with the steps they
+    /// finished named in their error; their unfinished steps become `interrupted` too. Returns
+    /// the runs marked. A run is only marked while still `running`, so two callers cannot both
+    /// mark one, and a run that finishes meanwhile keeps its own ending.
+    pub async fn interrupt_dead_runs(&self, dead: impl Fn(&OpenRun) -> bool) -> Result<Vec<String>> {
+        let mut marked = Vec::new();
+        for run in self.open_runs().await?.into_iter().filter(|run| dead(run)) {
+            let steps = self.steps(&run.id).await?;
+            let finished: Vec<&str> = steps
+                .iter()
+                .filter(|s| matches!(s.status, RunStatus::Succeeded | RunStatus::Cached))
+                .map(|s| s.key.name.as_str())
+                .collect();
+            let unfinished: Vec<&str> = steps
+                .iter()
+                .filter(|s| s.status == RunStatus::Running)
+                .map(|s| s.key.name.as_str())
+                .collect();
+            let error = format!(
+                "interrupted: the process stopped without finishing (last alive {}); finished steps: {}; unfinished: {}",
+                run.heartbeat_at.to_rfc3339(),
+                if finished.is_empty() {
+                    "none".to_string()
+                } else {
+                    finished.join(", ")
+                },
+                if unfinished.is_empty() {
+                    "none".to_string()
+                } else {
+                    unfinished.join(", ")
+                },
+            );
+            let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+            let done = sqlx::query(
+                "UPDATE pipeline_runs SET status = 'interrupted', finished_at = $1, error = $2 WHERE id = $3 AND status = 'running'",
+            )
+            .bind(millis(&run.heartbeat_at))
+            .bind(&error)
+            .bind(&run.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+            sqlx::query(
+                "UPDATE pipeline_steps SET status = 'interrupted', error = $1 WHERE run_id = $2 AND status = 'running'",
+            )
+            .bind("interrupted: the run's process stopped during this step")
+            .bind(&run.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+            tx.commit().await.map_err(|e| self.err(e))?;
+            if done.rows_affected() > 0 {
+                marked.push(run.id);
+            }
+        }
+        Ok(marked)
     }
 
     /// One run.

@@ -6,7 +6,11 @@
 //!   marked with a `SEALED` file, after which nobody writes to it again;
 //! - a reader opens a sealed version in place; if another process holds it, the reader opens a
 //!   private copy instead (under `vectors/.readers/`, removed when closed). Copies are cheap for
-//!   the corpora an embedded index serves; larger ones belong on a Qdrant server;
+//!   the corpora an embedded index serves; larger ones belong on a Qdrant server. Each copy has a
+//!   lock file its process holds (`flock`) while the copy is open: a process that starts removes
+//!   only the copies whose lock it can take, those of processes that are gone;
+//! - a version is opened off the async runtime's threads (copying one takes a while), and a
+//!   reader [`release`](VectorIndex::release)s a version it no longer serves;
 //! - the alias is a small JSON file replaced by an atomic rename, so it moves in one step.
 
 use std::collections::HashMap;
@@ -46,24 +50,86 @@ struct OpenShard {
     _private_copy: Option<PrivateCopy>,
 }
 
-/// A reader's private copy of a sealed version, removed when the reader closes it.
-struct PrivateCopy(PathBuf);
+/// A reader's private copy of a sealed version, removed when the reader closes it. Its lock file
+/// (`<copy>.lock`, locked before the copy is made) tells other processes the copy is in use.
+struct PrivateCopy {
+    dir: PathBuf,
+    lock: PathBuf,
+    _held: fs::File,
+}
+
+impl PrivateCopy {
+    /// Reserves a copy directory under `readers`: its lock file exists only already locked (made
+    /// under a temporary name, locked, then renamed), so no other process can see it unlocked.
+    fn reserve(readers: &Path, name: &str) -> Result<Self> {
+        let dir = readers.join(name);
+        let lock = readers.join(format!("{name}.lock"));
+        let staging = readers.join(format!("{name}.lock-new"));
+        let held = fs::File::create(&staging).map_err(|e| io(&staging, e))?;
+        held.try_lock()
+            .map_err(|e| backend(format!("{}: cannot lock: {e}", staging.display())))?;
+        fs::rename(&staging, &lock).map_err(|e| io(&lock, e))?;
+        Ok(PrivateCopy { dir, lock, _held: held })
+    }
+}
 
 impl Drop for PrivateCopy {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+        let _ = fs::remove_dir_all(&self.dir);
+        let _ = fs::remove_file(&self.lock);
+    }
+}
+
+/// Removes the reader copies under `readers` whose process is gone: those whose lock can be taken,
+/// and those without a lock file. Copies of running processes are left alone.
+fn remove_abandoned_copies(readers: &Path) {
+    let Ok(entries) = fs::read_dir(readers) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".lock-new") {
+            // A reservation that was never completed (its process died between create and rename),
+            // or one completing right now: only one that can be locked is abandoned.
+            if let Ok(file) = fs::File::open(&path)
+                && file.try_lock().is_ok()
+            {
+                let _ = fs::remove_file(&path);
+            }
+            continue;
+        }
+        if name.ends_with(".lock") {
+            continue;
+        }
+        let lock = readers.join(format!("{name}.lock"));
+        let abandoned = match fs::File::open(&lock) {
+            Ok(file) => file.try_lock().is_ok(),
+            Err(_) => true,
+        };
+        if abandoned {
+            let _ = fs::remove_dir_all(&path);
+            let _ = fs::remove_file(&lock);
+        }
     }
 }
 
 /// Versions of the index as qdrant-edge shards in a directory.
 pub struct EdgeVectorIndex {
+    shards: Arc<Shards>,
+}
+
+/// The directory and the shards this process has open (shared with blocking tasks).
+struct Shards {
     root: PathBuf,
     open: Mutex<HashMap<u64, Arc<OpenShard>>>,
 }
 
 impl std::fmt::Debug for EdgeVectorIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EdgeVectorIndex").field("root", &self.root).finish()
+        f.debug_struct("EdgeVectorIndex")
+            .field("root", &self.shards.root)
+            .finish()
     }
 }
 
@@ -84,18 +150,28 @@ impl EdgeVectorIndex {
             reason: format!("cannot create the vector index directory: {e}"),
             hint: "Point ENGRAM_HOME at a writable directory, or set ENGRAM_QDRANT_URL to use a Qdrant server.".into(),
         })?;
-        // Copies left by readers that died without cleaning up.
-        if let Ok(entries) = fs::read_dir(root.join(READERS)) {
-            for entry in entries.flatten() {
-                let _ = fs::remove_dir_all(entry.path());
-            }
-        }
+        // Copies left by readers that died without cleaning up (never those of a live process).
+        remove_abandoned_copies(&root.join(READERS));
         Ok(EdgeVectorIndex {
-            root: root.to_path_buf(),
-            open: Mutex::new(HashMap::new()),
+            shards: Arc::new(Shards {
+                root: root.to_path_buf(),
+                open: Mutex::new(HashMap::new()),
+            }),
         })
     }
 
+    /// The shard of `version`, opened on a blocking thread when it is not open yet (opening may
+    /// copy the whole version).
+    async fn shard_async(&self, version: u64) -> Result<Arc<OpenShard>> {
+        if let Some(open) = self.shards.cached(version) {
+            return Ok(open);
+        }
+        let shards = self.shards.clone();
+        blocking(move || shards.shard(version)).await
+    }
+}
+
+impl Shards {
     fn version_dir(&self, version: u64) -> PathBuf {
         self.root.join(collection_name(version))
     }
@@ -149,14 +225,17 @@ impl EdgeVectorIndex {
             Err(err) if self.is_sealed(version) => {
                 tracing::debug!(version, %err, "index version is held by another process; reading a private copy");
                 // Owned before it is filled, so a failed copy is removed too.
-                let copy = PrivateCopy(self.root.join(READERS).join(format!(
-                    "{}-{}-{}",
-                    collection_name(version),
-                    std::process::id(),
-                    uuid::Uuid::new_v4()
-                )));
-                copy_dir(&dir, &copy.0)?;
-                let shard = EdgeShard::load(&copy.0, None).map_err(backend)?;
+                let copy = PrivateCopy::reserve(
+                    &self.root.join(READERS),
+                    &format!(
+                        "{}-{}-{}",
+                        collection_name(version),
+                        std::process::id(),
+                        uuid::Uuid::new_v4()
+                    ),
+                )?;
+                copy_dir(&dir, &copy.dir)?;
+                let shard = EdgeShard::load(&copy.dir, None).map_err(backend)?;
                 Ok(self.remember(
                     version,
                     OpenShard {
@@ -252,8 +331,13 @@ impl VectorIndex for EdgeVectorIndex {
         BACKEND
     }
 
+    fn release(&self, version: u64) {
+        // The shard closes (and its private copy goes) when the last search using it ends.
+        drop(self.shards.forget(version));
+    }
+
     async fn create_version(&self, version: u64, spec: IndexSpec) -> Result<()> {
-        let dir = self.version_dir(version);
+        let dir = self.shards.version_dir(version);
         if dir.exists() {
             return Err(Error::Conflict(format!(
                 "index version {} already exists; versions are built once",
@@ -272,7 +356,7 @@ impl VectorIndex for EdgeVectorIndex {
             .sparse_vector(SPARSE, EdgeSparseVectorParams::default())
             .build();
         let shard = blocking(move || EdgeShard::new(&dir, config).map_err(backend)).await?;
-        self.remember(
+        self.shards.remember(
             version,
             OpenShard {
                 shard,
@@ -284,7 +368,7 @@ impl VectorIndex for EdgeVectorIndex {
     }
 
     async fn upsert(&self, version: u64, points: Vec<ChunkPoint>) -> Result<()> {
-        let open = self.writable(version)?;
+        let open = self.shards.writable(version)?;
         check_dimensions(&points, &open.spec)?;
         let mut batches = Vec::new();
         for batch in points.chunks(BATCH) {
@@ -311,8 +395,8 @@ impl VectorIndex for EdgeVectorIndex {
     }
 
     async fn seal(&self, version: u64) -> Result<()> {
-        let open = self.writable(version)?;
-        let dir = self.version_dir(version);
+        let open = self.shards.writable(version)?;
+        let dir = self.shards.version_dir(version);
         blocking(move || {
             // Build the search index now, once, instead of in every reader.
             open.shard.optimize().map_err(backend)?;
@@ -322,12 +406,12 @@ impl VectorIndex for EdgeVectorIndex {
         .await?;
         write_atomically(&dir.join(SEALED), b"sealed\n")?;
         // Close the writer so the WAL lock is released for readers in other processes.
-        drop(self.forget(version));
+        drop(self.shards.forget(version));
         Ok(())
     }
 
     async fn search(&self, version: u64, query: &SearchQuery) -> Result<Vec<SearchHit>> {
-        let open = self.shard(version)?;
+        let open = self.shard_async(version).await?;
         let (vector, using) = match &query.vector {
             QueryVector::Dense(vector) => {
                 check_query_dimension(vector, version, &open.spec)?;
@@ -375,7 +459,7 @@ impl VectorIndex for EdgeVectorIndex {
     }
 
     async fn get_points(&self, version: u64, ids: &[uuid::Uuid]) -> Result<Vec<ChunkPoint>> {
-        let open = self.shard(version)?;
+        let open = self.shard_async(version).await?;
         let ids: Vec<PointId> = ids.iter().map(|id| PointId::Uuid(*id)).collect();
         let records = blocking(move || {
             open.shard
@@ -414,7 +498,7 @@ impl VectorIndex for EdgeVectorIndex {
     }
 
     async fn count(&self, version: u64) -> Result<u64> {
-        let open = self.shard(version)?;
+        let open = self.shard_async(version).await?;
         let count = blocking(move || {
             open.shard
                 .count(CountRequest {
@@ -428,8 +512,8 @@ impl VectorIndex for EdgeVectorIndex {
     }
 
     async fn versions(&self) -> Result<Vec<u64>> {
-        let mut versions: Vec<u64> = fs::read_dir(&self.root)
-            .map_err(|e| io(&self.root, e))?
+        let mut versions: Vec<u64> = fs::read_dir(&self.shards.root)
+            .map_err(|e| io(&self.shards.root, e))?
             .flatten()
             .filter_map(|entry| parse_collection_name(&entry.file_name().to_string_lossy()))
             .collect();
@@ -438,21 +522,21 @@ impl VectorIndex for EdgeVectorIndex {
     }
 
     async fn set_alias(&self, version: u64) -> Result<()> {
-        if !self.version_dir(version).exists() {
+        if !self.shards.version_dir(version).exists() {
             return Err(Error::not_found(format!("index version {}", collection_name(version))));
         }
-        if !self.is_sealed(version) {
+        if !self.shards.is_sealed(version) {
             return Err(Error::Conflict(format!(
                 "index version {} is not sealed: only a finished version can go live",
                 collection_name(version)
             )));
         }
         let aliases = serde_json::json!({ ALIAS: version });
-        write_atomically(&self.root.join(ALIASES), aliases.to_string().as_bytes())
+        write_atomically(&self.shards.root.join(ALIASES), aliases.to_string().as_bytes())
     }
 
     async fn alias(&self) -> Result<Option<u64>> {
-        let path = self.root.join(ALIASES);
+        let path = self.shards.root.join(ALIASES);
         let text = match fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -470,16 +554,17 @@ impl VectorIndex for EdgeVectorIndex {
                 collection_name(version)
             )));
         }
-        let dir = self.version_dir(version);
+        let dir = self.shards.version_dir(version);
         if !dir.exists() {
             return Err(Error::not_found(format!("index version {}", collection_name(version))));
         }
-        drop(self.forget(version));
+        drop(self.shards.forget(version));
         // Rename first so a crash mid-delete never leaves a half-deleted version that looks real.
-        let trash =
-            self.root
-                .join(READERS)
-                .join(format!("dropped-{}-{}", collection_name(version), uuid::Uuid::new_v4()));
+        let trash = self.shards.root.join(READERS).join(format!(
+            "dropped-{}-{}",
+            collection_name(version),
+            uuid::Uuid::new_v4()
+        ));
         fs::rename(&dir, &trash).map_err(|e| io(&dir, e))?;
         fs::remove_dir_all(&trash).map_err(|e| io(&trash, e))
     }

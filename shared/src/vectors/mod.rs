@@ -223,6 +223,10 @@ pub trait VectorIndex: Send + Sync {
     /// The version [`ALIAS`] points at, if any.
     async fn alias(&self) -> Result<Option<u64>>;
 
+    /// Closes what this process holds open for `version` (a reader that no longer serves it);
+    /// searching it later opens it again. Nothing to do for a server backend.
+    fn release(&self, _version: u64) {}
+
     /// Deletes a version. Refuses the version the alias points at.
     async fn drop_version(&self, version: u64) -> Result<()>;
 

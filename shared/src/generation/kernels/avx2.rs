@@ -26,7 +26,10 @@ pub unsafe fn group_product(blocks: &Blocks, g: usize, x: &Activation) -> [f32; 
     let (quants, scales, mins) = blocks.group(g);
     let count = blocks.blocks();
     let bytes = blocks.format.group_block_bytes();
-    debug_assert!(x.values.len() >= count * BLOCK && quants.len() == count * bytes);
+    // Checked in release builds too: the loads below trust these lengths.
+    assert!(x.values.len() >= count * BLOCK && x.sums.len() >= count && x.scales.len() >= count);
+    assert!(quants.len() == count * bytes && scales.len() >= count * GROUP);
+    assert!(blocks.format != BlockFormat::Q4_1 || mins.len() >= count * GROUP);
     let mut acc = [_mm256_setzero_ps(); 2];
     let mut offset = [_mm256_setzero_ps(); 2];
     let mask = _mm256_set1_epi16(0x0F);
@@ -114,6 +117,10 @@ fn sum8(v: __m256) -> f32 {
 /// The CPU must have AVX2 and FMA; both slices must have the same length, a multiple of 8.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    assert!(
+        a.len() == b.len() && a.len().is_multiple_of(8),
+        "dot_f32 needs equal lengths, multiples of 8"
+    );
     let mut acc0 = _mm256_setzero_ps();
     let mut acc1 = _mm256_setzero_ps();
     let n = a.len();
@@ -160,6 +167,10 @@ pub unsafe fn dequantize_group(blocks: &Blocks, g: usize, out: &mut [f32], strid
 /// The CPU must have AVX2 and FMA; both slices must have the same length, a multiple of 8.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    assert!(
+        x.len() == y.len() && x.len().is_multiple_of(8),
+        "axpy needs equal lengths, multiples of 8"
+    );
     let a = _mm256_set1_ps(a);
     for i in (0..x.len()).step_by(8) {
         // SAFETY: `i + 8 <= len` for both slices.
@@ -222,6 +233,7 @@ pub unsafe fn attend(attention: &super::Attention<'_>, scores: &mut Vec<f32>, ou
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn head_scores<const N: usize>(attention: &super::Attention<'_>, query: &[f32], scores: &mut [f32]) {
     let d = 8 * N;
+    assert_eq!(query.len(), d, "a query of the head's size");
     let key = |p: usize| &attention.keys[p * attention.stride..][..d];
     let visible = scores.len();
     let scale = _mm256_set1_ps(attention.scale);
@@ -263,6 +275,7 @@ unsafe fn head_scores<const N: usize>(attention: &super::Attention<'_>, query: &
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn head_sum<const N: usize>(attention: &super::Attention<'_>, weights: &[f32], out: &mut [f32]) {
+    assert_eq!(out.len(), 8 * N, "an output of the head's size");
     let mut acc = [_mm256_setzero_ps(); N];
     for (p, &w) in weights.iter().enumerate() {
         let w = _mm256_set1_ps(w);

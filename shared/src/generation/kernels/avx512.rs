@@ -45,7 +45,14 @@ pub unsafe fn group_product(blocks: &Blocks, g: usize, x: &Activation) -> [f32; 
     let (quants, scales, mins) = blocks.group(g);
     let count = blocks.blocks();
     let bytes = blocks.format.group_block_bytes();
-    debug_assert!(x.values.len() >= count * BLOCK && quants.len() == count * bytes);
+    // Checked in release builds too: the loads below trust these lengths and the alignment.
+    assert!(x.values.len() >= count * BLOCK && x.sums.len() >= count && x.scales.len() >= count);
+    assert!(quants.len() == count * bytes && scales.len() >= count * GROUP);
+    assert!(blocks.format != BlockFormat::Q4_1 || mins.len() >= count * GROUP);
+    assert!(
+        (quants.as_ptr() as usize).is_multiple_of(64) && bytes.is_multiple_of(64),
+        "aligned 512-bit loads"
+    );
     let mut acc = _mm512_setzero_ps();
     let mut offset = _mm512_setzero_ps();
     let mask = _mm512_set1_epi16(0x0F);

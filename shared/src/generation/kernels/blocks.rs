@@ -84,11 +84,17 @@ pub struct Blocks {
 impl Blocks {
     /// Rearranges `rows x cols` weights stored as ggml blocks (row-major, `cols / 32` blocks a row).
     pub fn from_ggml(format: BlockFormat, rows: usize, cols: usize, ggml: &[u8]) -> Result<Self, String> {
+        if rows == 0 || cols == 0 {
+            return Err(format!("a {rows} x {cols} matrix holds nothing"));
+        }
         if !cols.is_multiple_of(BLOCK) {
             return Err(format!("{cols} columns is not a multiple of the block size {BLOCK}"));
         }
         let blocks = cols / BLOCK;
-        let expected = rows * blocks * format.ggml_block_bytes();
+        let expected = rows
+            .checked_mul(blocks)
+            .and_then(|n| n.checked_mul(format.ggml_block_bytes()))
+            .ok_or_else(|| format!("{rows} x {cols} {format:?} weights overflow: the file is damaged"))?;
         if ggml.len() != expected {
             return Err(format!(
                 "{rows} x {cols} {format:?} weights take {expected} bytes, the tensor has {}",
@@ -323,7 +329,7 @@ pub fn group_product(blocks: &Blocks, g: usize, x: &Activation) -> [f32; GROUP] 
 pub fn dequantize_group(blocks: &Blocks, g: usize, out: &mut [f32], stride: usize) {
     let (quants, scales, mins) = blocks.group(g);
     let bytes = blocks.format.group_block_bytes();
-    debug_assert!(out.len() >= (blocks.cols - 1) * stride + GROUP);
+    assert!(out.len() >= (blocks.cols - 1) * stride + GROUP);
     for b in 0..blocks.blocks() {
         let block = &quants[b * bytes..(b + 1) * bytes];
         let d: [f32; GROUP] = std::array::from_fn(|r| scales[b * GROUP + r].to_f32());

@@ -108,28 +108,49 @@ impl Kernel {
         kernels
     }
 
+    /// Whether this CPU has the kernel's features (cached: one load per call).
+    fn runs_here(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => avx512::available(),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => avx2::available(),
+            Kernel::Portable => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// A kernel asked for on a CPU without its instructions: a programming error, stopped before
+    /// any unsupported instruction runs.
+    fn refused(self) -> ! {
+        panic!("the {self:?} kernel needs CPU features this machine lacks; use Kernel::available()")
+    }
+
     /// Group `g` of `blocks` times the vector.
     fn group_product(self, blocks: &Blocks, g: usize, x: &Activation) -> [f32; GROUP] {
         match self {
-            // SAFETY: `available` checked the CPU's features; `x` was prepared from `cols` values;
-            // the group exists.
+            // SAFETY: the guard checks the CPU's features (a kernel the CPU lacks is refused, never
+            // run); the kernel checks the lengths it reads.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => unsafe { avx512::group_product(blocks, g, x) },
+            Kernel::Avx512 if self.runs_here() => unsafe { avx512::group_product(blocks, g, x) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::group_product(blocks, g, x) },
+            Kernel::Avx2 if self.runs_here() => unsafe { avx2::group_product(blocks, g, x) },
+            Kernel::Avx512 | Kernel::Avx2 => self.refused(),
             _ => blocks::group_product(blocks, g, x),
         }
     }
 
     fn dequantize_group(self, blocks: &Blocks, g: usize, out: &mut [f32], stride: usize) {
         match self {
-            // SAFETY: `available` checked the CPU's features; the caller sized `out`.
+            // SAFETY: the guard checks the CPU's features; the function checks `out`'s length.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => unsafe { avx512::dequantize_group(blocks, g, out, stride) },
+            Kernel::Avx512 if self.runs_here() => unsafe { avx512::dequantize_group(blocks, g, out, stride) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::dequantize_group(blocks, g, out, stride) },
+            Kernel::Avx2 if self.runs_here() => unsafe { avx2::dequantize_group(blocks, g, out, stride) },
+            Kernel::Avx512 | Kernel::Avx2 => self.refused(),
             _ => blocks::dequantize_group(blocks, g, out, stride),
         }
     }
@@ -182,7 +203,7 @@ impl Matrix {
 
     /// `y = W x` for one vector.
     pub fn matvec(&self, x: &[f32], y: &mut [f32]) {
-        debug_assert_eq!(x.len(), self.cols());
+        assert_eq!(x.len(), self.cols());
         Self::matvec_many(&mut [(self, y)], &Activation::new(x), Kernel::best());
     }
 
@@ -197,8 +218,8 @@ impl Matrix {
             .next_multiple_of(GROUP);
         let mut tasks = Vec::with_capacity(rows / per_task + products.len());
         for (matrix, y) in products.iter_mut() {
-            debug_assert_eq!(x.x.len(), matrix.cols());
-            debug_assert_eq!(y.len(), matrix.rows());
+            assert_eq!(x.x.len(), matrix.cols());
+            assert_eq!(y.len(), matrix.rows());
             for (i, out) in y.chunks_mut(per_task).enumerate() {
                 tasks.push(Task {
                     matrix,
@@ -223,8 +244,8 @@ impl Matrix {
 
     fn matmul_with(&self, x: &[f32], tokens: usize, y: &mut [f32], kernel: Kernel) {
         let (rows, cols) = (self.rows(), self.cols());
-        debug_assert_eq!(x.len(), tokens * cols);
-        debug_assert_eq!(y.len(), tokens * rows);
+        assert_eq!(x.len(), tokens * cols);
+        assert_eq!(y.len(), tokens * rows);
         if tokens == 1 {
             self.matvec(x, y);
             return;
