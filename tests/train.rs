@@ -242,6 +242,31 @@ async fn a_training_registers_resumes_after_sigkill_and_promotes_only_a_better_m
     let (ok, out, err) = stores.pipeline(&again).await;
     assert!(ok, "the rerun failed:\n{out}\n{err}");
     assert!(err.contains("train: resuming from the checkpoint at step"), "{err}");
+    // The killed run is not left `running`: the rerun marked it interrupted, naming its step.
+    assert!(err.contains("marked interrupted"), "{err}");
+    let runs: serde_json::Value = serde_json::from_str(&stores.ok(&["runs", "--json"]).await).expect("runs --json");
+    let interrupted: Vec<&serde_json::Value> = runs
+        .as_array()
+        .expect("runs")
+        .iter()
+        .filter(|r| r["run"]["status"] == "interrupted")
+        .collect();
+    assert_eq!(interrupted.len(), 1, "{runs:#}");
+    assert!(
+        interrupted[0]["run"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unfinished: train"),
+        "{:#}",
+        interrupted[0]
+    );
+    assert!(
+        runs.as_array()
+            .expect("runs")
+            .iter()
+            .all(|r| r["run"]["status"] != "running"),
+        "{runs:#}"
+    );
     let b = export(&stores, 3, "resumed").await;
     let weights = |dir: &Path| std::fs::read(dir.join("adapter/adapter_model.safetensors")).unwrap();
     assert!(

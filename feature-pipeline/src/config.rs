@@ -613,6 +613,12 @@ pub struct CrawlArgs {
     #[arg(long, env = "ENGRAM_CRAWL_PROXY")]
     pub proxy: Option<String>,
 
+    /// Also crawl loopback, private (RFC 1918, fc00::/7) and link-local addresses (cloud metadata
+    /// included): for an intranet, on purpose. Without it such links are refused, after DNS and on
+    /// every redirect, and the crawl report says why.
+    #[arg(long, env = "ENGRAM_CRAWL_ALLOW_PRIVATE")]
+    pub allow_private_hosts: bool,
+
     /// Size limits.
     #[command(flatten)]
     pub limits: ExtractLimits,

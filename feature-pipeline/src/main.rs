@@ -15,12 +15,10 @@ mod steps;
 mod teacher;
 mod train;
 
-use clap::Parser;
-
 use crate::config::{Command, Config};
 
 fn main() -> std::process::ExitCode {
-    let config = Config::parse();
+    let config: Config = engram_shared::config::parse_args();
     init_logging(&config.log);
     limit_model_threads(&config.command);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -5,13 +5,20 @@
 //! later stage can find what an earlier one produced (`Registry::latest_step`) and a person can see
 //! what happened. A step is recorded as succeeded only after its output is durably stored.
 //!
+//! A run killed mid-way (SIGKILL, OOM, a lost node) cannot record its own end. So each run records
+//! its host and pid and beats a heartbeat; the next run to start marks a `running` run whose
+//! process is gone (same host, pid no longer alive) or whose heartbeat stopped [`STALE_AFTER`] ago
+//! as `interrupted`, naming the steps it finished (they stay in the step cache: the rerun resumes).
+//!
 //! The step cache: a step whose name, code version, config hash and input hash match a recorded
 //! success is not run again ([`Run::cached`]); the earlier output is reused and the skip is recorded
 //! in this run too, so `feature-pipeline runs` shows it.
 
 use engram_shared::artifacts::ArtifactStore;
 use engram_shared::hashing::sha256_hex;
-use engram_shared::registry::{Registry, RunStatus, StepKey, StepRecord};
+use std::time::Duration;
+
+use engram_shared::registry::{OpenRun, Registry, RunOwner, RunStatus, StepKey, StepRecord};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -41,6 +48,7 @@ fn step_sources(name: &str) -> &'static [&'static str] {
             include_str!("train/peft.rs"),
             include_str!("train/trainer.rs"),
             include_str!("../../shared/src/generation/checkpoint.rs"),
+            include_str!("../../shared/src/generation/prompt_tokens.rs"),
             include_str!("../prompts/summarize-v1.md"),
         ],
         "split" => &[include_str!("steps/split.rs")],
@@ -56,6 +64,7 @@ fn step_sources(name: &str) -> &'static [&'static str] {
             include_str!("steps/extract/mod.rs"),
             include_str!("steps/extract/notion_export.rs"),
             include_str!("steps/extract/files.rs"),
+            include_str!("steps/extract/walk.rs"),
             include_str!("steps/extract/markdown.rs"),
             include_str!("steps/extract/html.rs"),
             include_str!("steps/score.rs"),
@@ -74,20 +83,97 @@ pub fn step_code_version(name: &str) -> String {
     format!("{CODE_VERSION}+{}", &digest[..12])
 }
 
+/// How often a run says it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(30);
+
+/// A run on another host whose heartbeat is this old is taken for dead.
+pub const STALE_AFTER: Duration = Duration::from_secs(10 * 60);
+
 /// One pipeline run in progress.
 pub struct Run<'a> {
     registry: &'a Registry,
     /// The run's id (a UUID).
     pub id: String,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Run<'_> {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
+/// This process, as a run's owner.
+fn this_process() -> RunOwner {
+    RunOwner {
+        host: host_name(),
+        pid: i64::from(std::process::id()),
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Whether process `pid` exists on this host.
+fn alive(pid: i64) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 sends nothing; it only checks the process exists. pid > 0, so
+    // it names one process, never a group.
+    let answer = unsafe { libc::kill(pid, 0) };
+    answer == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Whether the process of open run `run` is gone, judged from this process on this host.
+fn is_dead(run: &OpenRun, me: &RunOwner, stale_after: Duration) -> bool {
+    let silent = engram_shared::time::now() - run.heartbeat_at;
+    let stale = silent.to_std().is_ok_and(|silent| silent > stale_after);
+    match &run.owner {
+        Some(owner) if owner.host == me.host => owner.pid != me.pid && !alive(owner.pid),
+        _ => stale,
+    }
 }
 
 impl<'a> Run<'a> {
     /// Records the start of a run of `command` with `config`.
     pub async fn start(registry: &'a Registry, command: &str, config: &impl Serialize) -> anyhow::Result<Self> {
         let config = serde_json::json!({ "command": command, "config": config });
-        let run = registry.start_run(&config, CODE_VERSION).await?;
+        let me = this_process();
+        for id in registry
+            .interrupt_dead_runs(|run| is_dead(run, &me, STALE_AFTER))
+            .await?
+        {
+            eprintln!("run {id} had stopped without finishing: marked interrupted (see `feature-pipeline runs`)");
+        }
+        let run = registry.start_owned_run(&config, CODE_VERSION, Some(&me)).await?;
         tracing::info!(run = %run.id, command, "pipeline run started");
-        Ok(Self { registry, id: run.id })
+        let beating = registry.clone();
+        let id = run.id.clone();
+        let heartbeat = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(err) = beating.heartbeat(&id).await {
+                    tracing::warn!(run = %id, "heartbeat not recorded: {err}");
+                }
+            }
+        });
+        Ok(Self {
+            registry,
+            id: run.id,
+            heartbeat,
+        })
     }
 
     /// The cache key of step `name` with `config` over input `input_hash`.

@@ -22,8 +22,11 @@ use crate::pipeline::{Run, StepOutput};
 use crate::progress;
 use crate::steps::explore::CRAWL_STEP;
 use crate::steps::extract::crawl::{CrawlOptions, Crawler, normalise};
+use crate::steps::extract::egress::Egress;
 use crate::steps::extract::notion_api::{self, NotionClient};
+use crate::steps::extract::walk;
 use crate::steps::extract::{DocumentWriter, ExtractReport, Problem, files, notion_export};
+use sha2::{Digest, Sha256};
 
 /// Runs `extract`.
 pub async fn run(config: &StorageConfig, command: &ExtractCommand) -> Result<()> {
@@ -71,17 +74,11 @@ fn local_inputs(command: &ExtractCommand) -> Option<String> {
     };
     let mut entries = Vec::new();
     for path in paths {
-        let mut stack = vec![path.clone()];
-        while let Some(item) = stack.pop() {
-            if item.is_dir() {
-                let children = std::fs::read_dir(&item).ok()?;
-                for child in children {
-                    stack.push(child.ok()?.path());
-                }
-            } else {
-                let bytes = std::fs::read(&item).ok()?;
-                entries.push(format!("{}:{}", item.display(), sha256_hex(&bytes)));
-            }
+        // The same walk the readers make: no symlink loop, no FIFO read.
+        for file in walk::walk(path, false).ok()?.files {
+            let mut hasher = Sha256::new();
+            std::io::copy(&mut walk::open_regular(&file).ok()?, &mut hasher).ok()?;
+            entries.push(format!("{}:{}", file.display(), hex::encode(hasher.finalize())));
         }
     }
     entries.sort();
@@ -224,7 +221,7 @@ async fn local_files(storage: &Storage, args: &FilesArgs) -> Result<(ExtractRepo
     let mut writer = DocumentWriter::new(storage.documents.clone());
     let mut failed = Vec::new();
     for path in &args.paths {
-        let (paths, skipped) = match files::list(path) {
+        let (paths, skipped, problems) = match files::list(path) {
             Ok(found) => found,
             Err(problem) => {
                 tracing::error!(item = %problem.item, "{}", problem.reason);
@@ -233,6 +230,9 @@ async fn local_files(storage: &Storage, args: &FilesArgs) -> Result<(ExtractRepo
             }
         };
         writer.report.skipped += skipped;
+        for problem in problems {
+            writer.problem(problem);
+        }
         let bar = progress::bar(paths.len() as u64, "files");
         for file in paths {
             bar.set_message(file.display().to_string());
@@ -314,6 +314,10 @@ async fn crawl(
         user_agent: args.user_agent.clone(),
         max_bytes: args.limits.max_bytes,
         proxy: args.proxy.clone(),
+        egress: Egress {
+            allow_private: args.allow_private_hosts,
+            exempt: Vec::new(),
+        },
     })?;
     let bar = progress::bar(urls.len() as u64, "crawl");
     let mut fetches = futures::stream::iter(urls)

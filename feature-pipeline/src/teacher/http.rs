@@ -132,7 +132,7 @@ impl Teacher for HttpTeacher {
                     backoff(attempt, self.options.backoff)
                 }
                 Err(err) => {
-                    last = format!("cannot reach {url}: {err}");
+                    last = engram_shared::error::redact(&format!("cannot reach {url}: {err}"));
                     backoff(attempt, self.options.backoff)
                 }
             };

@@ -8,7 +8,7 @@
 //! sees them: the prompt's tokens, then what the model generates.
 
 use engram_shared::generation::checkpoint::Checkpoint;
-use engram_shared::generation::{ChatMessage, ChatTemplate, Role};
+use engram_shared::generation::{ChatMessage, ChatTemplate, PromptEncoder, Role};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -44,7 +44,7 @@ impl Example {
 /// Renders and tokenizes rows for one model.
 pub struct Renderer {
     template: ChatTemplate,
-    checkpoint_tokenizer: tokenizers::Tokenizer,
+    encoder: PromptEncoder,
     bos: Option<u32>,
     end_of_turn: u32,
     system: String,
@@ -64,38 +64,30 @@ impl Renderer {
     pub fn new(checkpoint: &Checkpoint, system: &str) -> anyhow::Result<Self> {
         Ok(Renderer {
             template: ChatTemplate::new(&checkpoint.chat_template)?,
-            checkpoint_tokenizer: checkpoint.tokenizer.clone(),
+            encoder: PromptEncoder::new(checkpoint.tokenizer.clone()),
             bos: checkpoint.add_bos.then_some(checkpoint.bos).flatten(),
             end_of_turn: checkpoint.end_of_turn()?,
             system: system.to_string(),
         })
     }
 
-    /// The prompt's tokens for `instruction`, as the service would send it.
+    /// The prompt's tokens for `instruction`, as the service would send it (the same
+    /// [`PromptEncoder`]: only the template's markers are control tokens).
     pub fn prompt(&self, instruction: &str) -> anyhow::Result<Vec<u32>> {
-        let text = self.template.render(&[
+        let messages = [
             ChatMessage::new(Role::System, self.system.clone()),
             ChatMessage::new(Role::User, instruction),
-        ])?;
+        ];
         let mut tokens: Vec<u32> = self.bos.into_iter().collect();
-        tokens.extend(self.encode(&text)?);
+        tokens.extend(self.encoder.encode(&self.template, &messages)?);
         Ok(tokens)
-    }
-
-    fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
-        Ok(self
-            .checkpoint_tokenizer
-            .encode(text, false)
-            .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?
-            .get_ids()
-            .to_vec())
     }
 
     /// One row as an example.
     pub fn example(&self, row: &Row) -> anyhow::Result<Example> {
         let mut tokens = self.prompt(&row.instruction)?;
         let prompt = tokens.len();
-        tokens.extend(self.encode(row.answer.trim())?);
+        tokens.extend(self.encoder.plain_text(row.answer.trim())?);
         tokens.push(self.end_of_turn);
         Ok(Example { tokens, prompt })
     }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use candle_core::Device;
-use candle_core::quantized::gguf_file::{self, Content};
+use candle_core::quantized::gguf_file;
 use candle_core::quantized::{GgmlDType, QTensor};
 use engram_shared::generation::checkpoint::Checkpoint;
 
@@ -67,7 +67,8 @@ pub fn write_gguf(
     out: &Path,
 ) -> anyhow::Result<()> {
     let mut file = File::open(base).with_context(|| format!("cannot open {}", base.display()))?;
-    let content = Content::read(&mut file).with_context(|| format!("{} is not a GGUF file", base.display()))?;
+    let content = engram_shared::generation::gguf_bounds::read_checked(&mut file)
+        .map_err(|reason| anyhow::anyhow!("{}: {reason}", base.display()))?;
     let adapted: std::collections::HashMap<String, engram_shared::generation::llama::Part> = adapter
         .layers
         .iter()

@@ -6,7 +6,8 @@
 //! a per-host delay between requests (raised by a robots.txt `Crawl-delay`), robots.txt obeyed,
 //! a timeout per request, retries with exponential backoff and jitter after timeouts, connection
 //! errors, 429 (honouring `Retry-After`) and 5xx, a size limit enforced while streaming the body,
-//! and a content-type check before reading it. One URL's failure never stops the others.
+//! and a content-type check before reading it. One URL's failure never stops the others. Only public
+//! addresses are reached, on every redirect hop too ([`super::egress`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use serde_json::json;
 use tokio::sync::Mutex;
 use url::Url;
 
+use super::egress::{self, Egress, GuardedResolver};
 use super::robots::{RobotsCache, Verdict};
 use super::{html, markdown, too_large};
 use crate::retry::{backoff, retry_after};
@@ -37,6 +39,8 @@ pub struct CrawlOptions {
     pub max_bytes: u64,
     /// An HTTP proxy for every request.
     pub proxy: Option<String>,
+    /// Which addresses may be reached.
+    pub egress: Egress,
 }
 
 /// What happened to one URL.
@@ -75,6 +79,14 @@ impl CrawlOutcome {
     }
 }
 
+/// Redirects followed before a URL fails.
+const MAX_REDIRECTS: usize = 5;
+
+/// The redirect policy's error past [`MAX_REDIRECTS`].
+#[derive(Debug, thiserror::Error)]
+#[error("too many redirects (over {MAX_REDIRECTS})")]
+struct TooManyRedirects;
+
 /// Content types the crawler reads.
 const PAGE_TYPES: &[&str] = &["text/html", "application/xhtml+xml", "text/plain", "text/markdown"];
 
@@ -105,16 +117,36 @@ enum Attempt {
 impl Crawler {
     /// A crawler with `options`.
     pub fn new(options: CrawlOptions) -> anyhow::Result<Self> {
+        let redirects = options.egress.clone();
         let mut builder = reqwest::Client::builder()
             .user_agent(&options.user_agent)
             .timeout(options.timeout)
             .connect_timeout(options.timeout)
-            .redirect(reqwest::redirect::Policy::limited(5));
+            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() > MAX_REDIRECTS {
+                    attempt.error(TooManyRedirects)
+                } else if let Err(refused) = redirects.check_url(attempt.url()) {
+                    attempt.error(refused)
+                } else {
+                    attempt.follow()
+                }
+            }));
+        let mut trusted = None;
         if let Some(proxy) = &options.proxy {
-            let proxy = reqwest::Proxy::all(proxy)
-                .map_err(|err| anyhow::anyhow!("ENGRAM_CRAWL_PROXY={proxy} is not a proxy URL: {err}"))?;
-            builder = builder.proxy(proxy);
+            let parsed = reqwest::Proxy::all(proxy).map_err(|err| {
+                anyhow::anyhow!(
+                    "ENGRAM_CRAWL_PROXY={} is not a proxy URL: {err}",
+                    engram_shared::error::redact(proxy)
+                )
+            })?;
+            builder = builder.proxy(parsed);
+            // The operator's own proxy may well sit on a private address.
+            trusted = Url::parse(proxy).ok().and_then(|u| u.host_str().map(str::to_string));
         }
+        builder = builder.dns_resolver(GuardedResolver {
+            egress: options.egress.clone(),
+            trusted,
+        });
         let http = builder.build()?;
         Ok(Self {
             robots: RobotsCache::new(http.clone(), &options.user_agent),
@@ -146,6 +178,9 @@ impl Crawler {
             }
             Err(err) => return (CrawlOutcome::failed(url, None, 0, format!("not a URL: {err}")), None),
         };
+        if let Err(refused) = self.options.egress.check_url(&parsed) {
+            return (CrawlOutcome::failed(url, None, 0, refused.to_string()), None);
+        }
         let delay = match self.robots.check(&parsed).await {
             Verdict::Allowed(crawl_delay) => crawl_delay.unwrap_or_default().max(self.options.host_delay),
             Verdict::Denied(reason) => return (CrawlOutcome::failed(url, None, 0, reason), None),
@@ -189,11 +224,7 @@ impl Crawler {
         let timeout_secs = self.options.timeout.as_secs_f64();
         let mut response = match self.http.get(url.clone()).send().await {
             Ok(response) => response,
-            Err(err) if err.is_timeout() => {
-                return Attempt::Retry(None, format!("timed out after {timeout_secs:.1} s"), None);
-            }
-            Err(err) if err.is_redirect() => return Attempt::Fail(None, "too many redirects (over 5)".into()),
-            Err(err) => return Attempt::Retry(None, format!("request failed: {}", error_chain(&err)), None),
+            Err(err) => return unanswered(&err, timeout_secs),
         };
         let status = response.status();
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
@@ -264,6 +295,20 @@ impl Crawler {
             bytes: body.len() as u64,
             content_type: mime,
         })
+    }
+}
+
+/// What a request that got no answer comes to: refused addresses and redirect loops fail, the rest
+/// is retried.
+fn unanswered(err: &reqwest::Error, timeout_secs: f64) -> Attempt {
+    if let Some(refused) = egress::refusal(err) {
+        Attempt::Fail(None, refused.to_string())
+    } else if err.is_timeout() {
+        Attempt::Retry(None, format!("timed out after {timeout_secs:.1} s"), None)
+    } else if err.is_redirect() {
+        Attempt::Fail(None, TooManyRedirects.to_string())
+    } else {
+        Attempt::Retry(None, format!("request failed: {}", error_chain(err)), None)
     }
 }
 
@@ -359,6 +404,103 @@ mod tests {
     fn bodies_decode_by_their_charset() {
         assert_eq!(decode(b"caf\xe9", "text/html; charset=ISO-8859-1"), "café");
         assert_eq!(decode("café".as_bytes(), "text/html"), "café");
+    }
+
+    /// A site on loopback: `/page` is a page, `/to-metadata` redirects to the cloud metadata
+    /// service, `/to-localhost` to a name that resolves to loopback. Returns its port and the paths
+    /// requested.
+    async fn site() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use axum::http::{StatusCode, Uri, header};
+        use axum::response::IntoResponse;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let router = axum::Router::new().fallback(move |uri: Uri| {
+            let log = log.clone();
+            async move {
+                log.lock().unwrap().push(uri.path().to_string());
+                match uri.path() {
+                    "/to-metadata" => (
+                        StatusCode::FOUND,
+                        [(header::LOCATION, "http://169.254.169.254/latest/meta-data/".to_string())],
+                    )
+                        .into_response(),
+                    "/to-localhost" => (
+                        StatusCode::FOUND,
+                        [(header::LOCATION, format!("http://localhost:{port}/page"))],
+                    )
+                        .into_response(),
+                    "/page" => (
+                        [(header::CONTENT_TYPE, "text/html")],
+                        "<html><head><title>Private</title></head><body><p>The router's admin password.</p></body></html>",
+                    )
+                        .into_response(),
+                    _ => StatusCode::NOT_FOUND.into_response(),
+                }
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        (port, seen)
+    }
+
+    fn crawler(egress: Egress) -> Crawler {
+        Crawler::new(CrawlOptions {
+            host_delay: Duration::ZERO,
+            timeout: Duration::from_secs(5),
+            retries: 0,
+            user_agent: "engram-test".into(),
+            max_bytes: 1 << 20,
+            proxy: None,
+            egress,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn private_addresses_are_refused_by_literal_by_name_and_on_redirect() {
+        let (port, seen) = site().await;
+        let closed = crawler(Egress::default());
+        for (url, address) in [
+            (format!("http://127.0.0.1:{port}/page"), "127.0.0.1"),
+            (format!("http://localhost:{port}/page"), "localhost"),
+            (format!("http://[::ffff:127.0.0.1]:{port}/page"), "[::ffff:"),
+        ] {
+            let (outcome, document) = closed.fetch(&url).await;
+            assert!(document.is_none(), "{url} was crawled");
+            let reason = outcome.reason.unwrap_or_default();
+            assert!(
+                reason.contains(address) && reason.contains("loopback") && reason.contains("--allow-private-hosts"),
+                "{url}: {reason}"
+            );
+        }
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "nothing reached the site: {:?}",
+            seen.lock().unwrap()
+        );
+
+        // Loopback exempted (the test site), a redirect hop to the metadata service is still refused.
+        let hop = crawler(Egress {
+            allow_private: false,
+            exempt: vec!["127.0.0.1".parse().unwrap()],
+        });
+        let (outcome, document) = hop.fetch(&format!("http://127.0.0.1:{port}/to-metadata")).await;
+        assert!(document.is_none());
+        let reason = outcome.reason.unwrap_or_default();
+        assert!(
+            reason.contains("169.254.169.254") && reason.contains("link-local"),
+            "{reason}"
+        );
+
+        // On purpose, a private network is crawled.
+        let open = crawler(Egress {
+            allow_private: true,
+            exempt: Vec::new(),
+        });
+        let (outcome, document) = open.fetch(&format!("http://127.0.0.1:{port}/to-localhost")).await;
+        assert!(outcome.ok, "{outcome:?}");
+        assert_eq!(document.map(|d| d.title).as_deref(), Some("Private"));
     }
 
     #[test]

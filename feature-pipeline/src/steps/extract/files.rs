@@ -11,7 +11,7 @@ use engram_shared::documents::{NewDocument, Source};
 use serde_json::json;
 use url::Url;
 
-use super::{Problem, html, markdown, too_large, utf8};
+use super::{Problem, html, markdown, utf8, walk};
 
 /// The kinds of file read.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,50 +31,22 @@ fn kind(path: &Path) -> Option<Kind> {
     }
 }
 
-/// The files under `path` (itself, if it is a file), sorted, and how many were skipped as
-/// unsupported. Fails when `path` cannot be read at all.
-pub fn list(path: &Path) -> Result<(Vec<PathBuf>, u64), Problem> {
-    let metadata = std::fs::metadata(path).map_err(|err| {
-        Problem::new(
-            path.display().to_string(),
-            format!("cannot read it ({err}): give an existing folder or file"),
-        )
-    })?;
-    if metadata.is_file() {
+/// The files under `path` (itself, if it is a file), sorted; how many were skipped as
+/// unsupported; and what could not be walked (links that loop, FIFOs, devices: [`walk`]). Fails
+/// when `path` cannot be read at all.
+pub fn list(path: &Path) -> Result<(Vec<PathBuf>, u64, Vec<Problem>), Problem> {
+    let found = walk::walk(path, true)?;
+    if found.files.len() == 1 && found.files[0] == path {
         return match kind(path) {
-            Some(_) => Ok((vec![path.to_path_buf()], 0)),
+            Some(_) => Ok((found.files, 0, found.problems)),
             None => Err(Problem::new(
                 path.display().to_string(),
                 "not a markdown (.md), HTML (.html, .htm) or text (.txt) file",
             )),
         };
     }
-    let mut files = Vec::new();
-    let mut skipped = 0;
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = std::fs::read_dir(&dir)
-            .map_err(|err| Problem::new(dir.display().to_string(), format!("cannot list it: {err}")))?;
-        for entry in entries.filter_map(|e| e.ok()) {
-            let path = entry.path();
-            let hidden = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'));
-            if hidden {
-                continue;
-            }
-            if path.is_dir() {
-                stack.push(path);
-            } else if kind(&path).is_some() {
-                files.push(path);
-            } else {
-                skipped += 1;
-            }
-        }
-    }
-    files.sort();
-    Ok((files, skipped))
+    let (files, skipped): (Vec<PathBuf>, Vec<PathBuf>) = found.files.into_iter().partition(|p| kind(p).is_some());
+    Ok((files, skipped.len() as u64, found.problems))
 }
 
 /// Reads one file as a document.
@@ -83,11 +55,7 @@ pub fn read(path: &Path, max_bytes: u64) -> Result<NewDocument, Problem> {
     let absolute = path
         .canonicalize()
         .map_err(|err| Problem::new(&shown, format!("cannot resolve it: {err}")))?;
-    let size = absolute.metadata().map(|m| m.len()).unwrap_or(0);
-    if size > max_bytes {
-        return Err(Problem::new(&shown, too_large(size, max_bytes)));
-    }
-    let bytes = std::fs::read(&absolute).map_err(|err| Problem::new(&shown, format!("cannot read it: {err}")))?;
+    let bytes = walk::read_limited(&absolute, max_bytes).map_err(|problem| Problem::new(&shown, problem.reason))?;
     let text = utf8(bytes, &shown)?;
     let url = Url::from_file_path(&absolute)
         .map_err(|_| Problem::new(&shown, "cannot make a file:// URL of it"))?
@@ -140,7 +108,7 @@ mod tests {
         .unwrap();
         std::fs::write(dir.path().join("c.txt"), "plain words").unwrap();
         std::fs::write(dir.path().join("d.png"), [0u8, 1, 2]).unwrap();
-        let (files, skipped) = list(dir.path()).unwrap();
+        let (files, skipped, _) = list(dir.path()).unwrap();
         assert_eq!(files.len(), 3);
         assert_eq!(skipped, 1);
         let docs: Vec<_> = files.iter().map(|f| read(f, 1 << 20).unwrap()).collect();

@@ -5,13 +5,14 @@
 //! which drops navigation, cookie banners, sidebars and footers; `htmd` (a turndown-style
 //! converter over html5ever) turns what is left into markdown. When Readability finds no article
 //! (a page of links, an app shell) the whole body is converted instead, and the quality score
-//! judges the result.
+//! judges the result. A page nested deeper than any person writes is read as plain text
+//! ([`super::html_nesting`]): the recursive readers would overflow their stack on it.
 
 use dom_smoothie::{Config, Readability};
 use htmd::HtmlToMarkdown;
 use htmd::options::{BulletListMarker, Options};
 
-use super::markdown;
+use super::{html_nesting, markdown};
 
 /// What was extracted from one HTML page.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,7 +27,8 @@ pub struct HtmlPage {
     pub byline: Option<String>,
     /// The site's name, if the page says.
     pub site_name: Option<String>,
-    /// `readability` when the main content was found, `full-page` when the whole body was used.
+    /// `readability` when the main content was found, `full-page` when the whole body was used,
+    /// `text-only …` when the page nests too deep to read as HTML.
     pub extraction: &'static str,
 }
 
@@ -48,6 +50,17 @@ fn converter() -> HtmlToMarkdown {
 
 /// Extracts the main content of `html`, fetched from `url` (used to resolve relative links).
 pub fn extract(html: &str, url: &str) -> HtmlPage {
+    if html_nesting::depth(html) > html_nesting::MAX_DEPTH {
+        let (text, title) = html_nesting::text_and_title(html);
+        return HtmlPage {
+            title,
+            markdown: markdown::clean(&text),
+            lang: None,
+            byline: None,
+            site_name: None,
+            extraction: "text-only (nested too deep for HTML)",
+        };
+    }
     let config = Config {
         // Keep short articles: notes and small pages are what people save.
         char_threshold: 200,

@@ -8,13 +8,19 @@
 //! failure, because every batch is one transaction (SQLite) or a set of idempotent upserts (MongoDB).
 
 pub mod crawl;
+pub mod egress;
 pub mod files;
 pub mod html;
+pub mod html_nesting;
 pub mod markdown;
 pub mod notion_api;
 pub mod notion_blocks;
 pub mod notion_export;
 pub mod robots;
+pub mod walk;
+
+#[cfg(test)]
+mod fuzz_tests;
 
 use std::sync::Arc;
 

@@ -11,6 +11,10 @@
 //! clean markdown (links to other pages rewritten to their notion.so urls, attachments to their
 //! names), and in metadata the Notion id, the parent, the breadcrumb of ancestor titles, the
 //! children, database and properties, attachments and the web links the crawl step follows.
+//!
+//! An export is input from outside, so a zip is read within [`ZipLimits`]: total bytes
+//! uncompressed, entries, nesting depth and compression ratio, each counted while reading (a size an
+//! entry declares is never trusted for an allocation). A folder is walked by [`super::walk`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Cursor, Read, Seek};
@@ -20,7 +24,41 @@ use engram_shared::documents::{NewDocument, Source};
 use percent_encoding::percent_decode_str;
 use serde_json::{Value, json};
 
-use super::{Problem, markdown, too_large, utf8};
+use super::{Problem, markdown, too_large, utf8, walk};
+
+/// How much a Notion zip may unpack to. Real exports sit far inside these; a zip bomb does not.
+#[derive(Debug, Clone, Copy)]
+pub struct ZipLimits {
+    /// Bytes decompressed in all, pages and nested parts together.
+    pub total_bytes: u64,
+    /// Entries in all zips together.
+    pub entries: usize,
+    /// Zips inside zips: Notion nests one level (`…-Part-1.zip`).
+    pub depth: usize,
+    /// Largest ratio of decompressed to compressed size, for entries over [`RATIO_FLOOR`].
+    pub ratio: u64,
+}
+
+/// Entries this small are never judged by their compression ratio.
+const RATIO_FLOOR: u64 = 1024 * 1024;
+
+impl Default for ZipLimits {
+    fn default() -> Self {
+        ZipLimits {
+            total_bytes: 4 * 1024 * 1024 * 1024,
+            entries: 500_000,
+            depth: 3,
+            ratio: 200,
+        }
+    }
+}
+
+/// What is left of the limits while an export is read.
+struct Budget {
+    limits: ZipLimits,
+    bytes_left: u64,
+    entries_left: usize,
+}
 
 /// One file of the export, its path relative to the export's root with `/` separators.
 #[derive(Debug, Clone)]
@@ -54,10 +92,21 @@ pub fn read(path: &Path, max_bytes: u64) -> Result<Export, Problem> {
     let mut attachments = Vec::new();
     let mut problems = Vec::new();
     if metadata.is_dir() {
-        walk_dir(path, path, max_bytes, &mut files, &mut attachments, &mut problems);
+        walk_dir(path, max_bytes, &mut files, &mut attachments, &mut problems);
     } else {
         let file = std::fs::File::open(path).map_err(|err| Problem::new(&shown, format!("cannot open it: {err}")))?;
-        read_zip(file, "", &shown, max_bytes, &mut files, &mut attachments, &mut problems)?;
+        let limits = ZipLimits::default();
+        let mut budget = Budget {
+            limits,
+            bytes_left: limits.total_bytes,
+            entries_left: limits.entries,
+        };
+        let mut sink = Sink {
+            files: &mut files,
+            attachments: &mut attachments,
+            problems: &mut problems,
+        };
+        read_zip(file, "", &shown, 0, max_bytes, &mut budget, &mut sink)?;
     }
     let mut export = build(files, &attachments, &mut problems);
     export.problems.append(&mut problems);
@@ -71,25 +120,20 @@ fn is_page_or_table(path: &str) -> bool {
 
 fn walk_dir(
     root: &Path,
-    dir: &Path,
     max_bytes: u64,
     files: &mut Vec<ExportFile>,
     attachments: &mut Vec<String>,
     problems: &mut Vec<Problem>,
 ) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(err) => {
-            problems.push(Problem::new(
-                dir.display().to_string(),
-                format!("cannot list it: {err}"),
-            ));
+    let found = match walk::walk(root, false) {
+        Ok(found) => found,
+        Err(problem) => {
+            problems.push(problem);
             return;
         }
     };
-    let mut entries: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
-    entries.sort();
-    for path in entries {
+    problems.extend(found.problems);
+    for path in found.files {
         let relative = path
             .strip_prefix(root)
             .unwrap_or(&path)
@@ -97,20 +141,10 @@ fn walk_dir(
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join("/");
-        if path.is_dir() {
-            walk_dir(root, &path, max_bytes, files, attachments, problems);
-        } else if is_page_or_table(&relative) {
-            let size = path.metadata().map(|m| m.len()).unwrap_or(0);
-            if size > max_bytes {
-                problems.push(Problem::new(path.display().to_string(), too_large(size, max_bytes)));
-                continue;
-            }
-            match std::fs::read(&path) {
+        if is_page_or_table(&relative) {
+            match walk::read_limited(&path, max_bytes) {
                 Ok(bytes) => files.push(ExportFile { path: relative, bytes }),
-                Err(err) => problems.push(Problem::new(
-                    path.display().to_string(),
-                    format!("cannot read it: {err}"),
-                )),
+                Err(problem) => problems.push(problem),
             }
         } else {
             attachments.push(relative);
@@ -118,26 +152,54 @@ fn walk_dir(
     }
 }
 
+/// Where a zip's contents go.
+struct Sink<'a> {
+    files: &'a mut Vec<ExportFile>,
+    attachments: &'a mut Vec<String>,
+    problems: &'a mut Vec<Problem>,
+}
+
 fn read_zip<R: Read + Seek>(
     reader: R,
     prefix: &str,
     shown: &str,
+    depth: usize,
     max_bytes: u64,
-    files: &mut Vec<ExportFile>,
-    attachments: &mut Vec<String>,
-    problems: &mut Vec<Problem>,
+    budget: &mut Budget,
+    sink: &mut Sink,
 ) -> Result<(), Problem> {
+    let limits = budget.limits;
+    if depth >= limits.depth {
+        return Err(Problem::new(
+            shown,
+            format!(
+                "zips nested more than {} deep: not read (Notion nests one level; this looks like a zip bomb)",
+                limits.depth
+            ),
+        ));
+    }
     let mut archive = zip::ZipArchive::new(reader).map_err(|err| {
         Problem::new(
             shown,
             format!("not a readable zip file ({err}): download the export from Notion again, or unzip it and give the folder"),
         )
     })?;
+    if archive.len() > budget.entries_left {
+        return Err(Problem::new(
+            shown,
+            format!(
+                "holds {} entries, over the {} an export may hold in all: not read (unzip it and give the folder to read it anyway)",
+                archive.len(),
+                limits.entries
+            ),
+        ));
+    }
+    budget.entries_left -= archive.len();
     for index in 0..archive.len() {
         let mut entry = match archive.by_index(index) {
             Ok(entry) => entry,
             Err(err) => {
-                problems.push(Problem::new(
+                sink.problems.push(Problem::new(
                     format!("{shown} entry {index}"),
                     format!("unreadable: {err}"),
                 ));
@@ -150,7 +212,7 @@ fn read_zip<R: Read + Seek>(
         let name = match entry.name() {
             Ok(name) => format!("{prefix}{name}"),
             Err(err) => {
-                problems.push(Problem::new(
+                sink.problems.push(Problem::new(
                     format!("{shown} entry {index}"),
                     format!("unreadable name: {err}"),
                 ));
@@ -158,40 +220,73 @@ fn read_zip<R: Read + Seek>(
             }
         };
         let item = format!("{shown}:{name}");
-        let wanted = is_page_or_table(&name) || name.ends_with(".zip");
-        if !wanted {
-            attachments.push(name);
+        let nested = name.ends_with(".zip");
+        if !is_page_or_table(&name) && !nested {
+            sink.attachments.push(name);
             continue;
         }
-        // Nested zips hold whole parts of the export: no per-page limit applies to them.
-        let limit = if name.ends_with(".zip") { u64::MAX } else { max_bytes };
+        // Nested zips hold whole parts of the export: only the export's total limits them.
+        let limit = if nested {
+            budget.bytes_left
+        } else {
+            max_bytes.min(budget.bytes_left)
+        };
+        let over_total = || {
+            format!(
+                "the export unpacks to more than {:.1} GiB: the rest is not read (a zip bomb? unzip it and give the folder to read it anyway)",
+                limits.total_bytes as f64 / (1u64 << 30) as f64
+            )
+        };
+        let over = |size: u64| {
+            if limit < max_bytes || nested {
+                over_total()
+            } else {
+                too_large(size, max_bytes)
+            }
+        };
         if entry.size() > limit {
-            problems.push(Problem::new(item, too_large(entry.size(), limit)));
+            sink.problems.push(Problem::new(item, over(entry.size())));
             continue;
         }
-        let mut bytes = Vec::with_capacity(entry.size() as usize);
-        if let Err(err) = entry.read_to_end(&mut bytes) {
-            problems.push(Problem::new(
+        let by_ratio = entry.compressed_size().saturating_mul(limits.ratio).max(RATIO_FLOOR);
+        let cap = limit.min(by_ratio);
+        let mut bytes = Vec::with_capacity(entry.size().min(cap).min(RATIO_FLOOR) as usize);
+        if let Err(err) = (&mut entry).take(cap.saturating_add(1)).read_to_end(&mut bytes) {
+            sink.problems.push(Problem::new(
                 item,
                 format!("cannot decompress it ({err}): the zip is damaged"),
             ));
             continue;
         }
-        if name.ends_with(".zip") {
+        if bytes.len() as u64 > cap {
+            let reason = if cap == by_ratio && by_ratio < limit {
+                format!(
+                    "decompresses more than {}:1 (declared {} bytes): not read, it looks like a zip bomb",
+                    limits.ratio,
+                    entry.size()
+                )
+            } else {
+                over(bytes.len() as u64)
+            };
+            sink.problems.push(Problem::new(item, reason));
+            continue;
+        }
+        budget.bytes_left -= bytes.len() as u64;
+        if nested {
             let nested_prefix = format!("{}/", name.trim_end_matches(".zip"));
             if let Err(problem) = read_zip(
                 Cursor::new(bytes),
                 &nested_prefix,
                 &item,
+                depth + 1,
                 max_bytes,
-                files,
-                attachments,
-                problems,
+                budget,
+                sink,
             ) {
-                problems.push(problem);
+                sink.problems.push(problem);
             }
         } else {
-            files.push(ExportFile { path: name, bytes });
+            sink.files.push(ExportFile { path: name, bytes });
         }
     }
     Ok(())
@@ -506,6 +601,90 @@ mod tests {
         let export = build(files, &[format!("Notes {ROOT}/chart.png")], &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
         export
+    }
+
+    /// A zip of `entries` (name, bytes), deflated.
+    fn zipped(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        use std::io::Write;
+        let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        for (name, bytes) in entries {
+            let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+            zip.start_file(*name, options).unwrap();
+            zip.write_all(bytes).unwrap();
+        }
+        zip.finish().unwrap().into_inner()
+    }
+
+    /// Reads zip `bytes` within `limits`; what was read and the problems.
+    fn read_within(bytes: Vec<u8>, limits: ZipLimits) -> (Vec<String>, Vec<String>) {
+        let mut budget = Budget {
+            limits,
+            bytes_left: limits.total_bytes,
+            entries_left: limits.entries,
+        };
+        let (mut files, mut attachments, mut problems) = (Vec::new(), Vec::new(), Vec::new());
+        let mut sink = Sink {
+            files: &mut files,
+            attachments: &mut attachments,
+            problems: &mut problems,
+        };
+        if let Err(problem) = read_zip(
+            Cursor::new(bytes),
+            "",
+            "export.zip",
+            0,
+            u64::MAX,
+            &mut budget,
+            &mut sink,
+        ) {
+            problems.push(problem);
+        }
+        (
+            files.into_iter().map(|f| f.path).collect(),
+            problems
+                .into_iter()
+                .map(|p| format!("{}: {}", p.item, p.reason))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn zip_bombs_deep_nesting_and_oversized_exports_are_refused() {
+        let limits = ZipLimits::default();
+        // 8 MiB of zeros deflates to a few KiB: far over 200:1.
+        let zeros = vec![0u8; 8 << 20];
+        let (read, problems) = read_within(zipped(&[("Bomb.md", &zeros), ("Fine.md", b"# Fine\n")]), limits);
+        assert_eq!(read, vec!["Fine.md"]);
+        assert!(problems.len() == 1 && problems[0].contains("zip bomb"), "{problems:?}");
+
+        // A zip in a zip in a zip in a zip.
+        let mut nested = zipped(&[("Deep.md", b"# Deep\n")]);
+        for level in 0..3 {
+            nested = zipped(&[(&format!("part-{level}.zip"), &nested)]);
+        }
+        let (read, problems) = read_within(nested, limits);
+        assert!(read.is_empty(), "{read:?}");
+        assert!(
+            problems.len() == 1 && problems[0].contains("nested more than 3 deep"),
+            "{problems:?}"
+        );
+
+        // Over the total, and over the entry count.
+        let page = vec![b'a'; 600];
+        let small = ZipLimits {
+            total_bytes: 1000,
+            ..limits
+        };
+        let (read, problems) = read_within(zipped(&[("A.md", &page), ("B.md", &page)]), small);
+        assert_eq!(read, vec!["A.md"]);
+        assert!(
+            problems.len() == 1 && problems[0].contains("unpacks to more than"),
+            "{problems:?}"
+        );
+        let few = ZipLimits { entries: 2, ..limits };
+        let (read, problems) = read_within(zipped(&[("A.md", b"a"), ("B.md", b"b"), ("C.md", b"c")]), few);
+        assert!(read.is_empty());
+        assert!(problems.len() == 1 && problems[0].contains("3 entries"), "{problems:?}");
     }
 
     fn by_title<'a>(export: &'a Export, title: &str) -> &'a NewDocument {

@@ -23,6 +23,8 @@ enum Rules {
     Parsed(Robot),
     /// robots.txt could not be fetched: nothing is allowed.
     Unreachable(String),
+    /// The site's address is not one the crawler may reach ([`super::egress`]).
+    Refused(String),
 }
 
 /// The answer for one URL.
@@ -74,6 +76,7 @@ impl RobotsCache {
                     ))
                 }
             }
+            Rules::Refused(why) => Verdict::Denied(why.clone()),
             Rules::Unreachable(why) => Verdict::Denied(format!(
                 "{origin}/robots.txt could not be fetched ({why}), so the site is not crawled (RFC 9309)"
             )),
@@ -84,7 +87,12 @@ impl RobotsCache {
         let url = format!("{origin}/robots.txt");
         let response = match self.http.get(&url).send().await {
             Ok(response) => response,
-            Err(err) => return Rules::Unreachable(err.without_url().to_string()),
+            Err(err) => {
+                return match super::egress::refusal(&err) {
+                    Some(refused) => Rules::Refused(refused.to_string()),
+                    None => Rules::Unreachable(err.without_url().to_string()),
+                };
+            }
         };
         let status = response.status();
         if status.is_client_error() {
