@@ -105,6 +105,70 @@ fn passwords_never_appear_in_errors() {
 }
 
 #[test]
+fn a_replica_set_uri_keeps_its_password_out_of_errors_and_help_shows_no_values() {
+    let home = tempfile::tempdir().unwrap();
+    let home_str = home.path().to_str().unwrap();
+    let uri = "mongodb://engram:hunter3@127.0.0.1:1,127.0.0.1:2/?replicaSet=rs0&serverSelectionTimeoutMS=1000";
+    let output = run(
+        "feature-pipeline",
+        &["status"],
+        &[("ENGRAM_HOME", home_str), ("ENGRAM_MONGODB_URI", uri)],
+    );
+    let message = stderr(&output);
+    assert!(!output.status.success());
+    assert!(
+        message.contains("ENGRAM_MONGODB_URI") && message.contains("****@"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter3"), "{message}");
+
+    // --help of every subcommand prints no environment variable's value.
+    let secrets = [
+        ("ENGRAM_DATABASE_URL", "postgres://u:hunter4@db/engram"),
+        ("ENGRAM_MONGODB_URI", "mongodb://u:hunter5@a,b/"),
+        ("ENGRAM_CRAWL_PROXY", "http://u:hunter6@proxy:3128"),
+        ("ENGRAM_QDRANT_URL", "http://u:hunter7@qdrant:6334"),
+        ("ENGRAM_TEACHER_API_KEY", "hunter8"),
+    ];
+    for (binary, args) in [
+        ("feature-pipeline", vec!["--help"]),
+        ("feature-pipeline", vec!["extract", "crawl", "--help"]),
+        ("feature-pipeline", vec!["dataset", "--help"]),
+        ("inference-service", vec!["--help"]),
+    ] {
+        let help = stdout(&run(binary, &args, &secrets));
+        assert!(!help.contains("hunter"), "{binary} {args:?} shows a secret:\n{help}");
+    }
+}
+
+#[test]
+fn the_service_refuses_the_network_without_keys() {
+    let home = tempfile::tempdir().unwrap();
+    let home_str = home.path().to_str().unwrap();
+    let output = run(
+        "inference-service",
+        &["--addr", "0.0.0.0:0"],
+        &[("ENGRAM_HOME", home_str)],
+    );
+    let message = stderr(&output);
+    assert!(!output.status.success(), "it must not start: {message}");
+    assert!(
+        message.contains("ENGRAM_API_KEYS") && message.contains("ENGRAM_ALLOW_ANONYMOUS"),
+        "{message}"
+    );
+    let check = run(
+        "inference-service",
+        &["--check", "--addr", "0.0.0.0:0", "--allow-anonymous"],
+        &[("ENGRAM_HOME", home_str)],
+    );
+    assert!(
+        check.status.success(),
+        "opened on purpose, it is allowed: {}",
+        stderr(&check)
+    );
+}
+
+#[test]
 fn unreachable_mongodb_names_the_variable() {
     assert_named_error(
         &[(

@@ -10,8 +10,9 @@ use engram_shared::config::StorageConfig;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "inference-service", version, about, long_about)]
 pub struct Config {
-    /// Address to listen on.
-    #[arg(long, env = "ENGRAM_ADDR", default_value = "0.0.0.0:8080")]
+    /// Address to listen on. Loopback by default; on any other address the service needs API keys
+    /// (ENGRAM_API_KEYS) or ENGRAM_ALLOW_ANONYMOUS=true, or it refuses to start.
+    #[arg(long, env = "ENGRAM_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
 
     /// Where the stores are.
@@ -63,9 +64,15 @@ pub struct Config {
     pub reload_interval_secs: u64,
 
     /// A file of API keys, one per line (or `sha256:<hex>` of a key, to keep keys out of the file);
-    /// when set, every `/v1` route needs `Authorization: Bearer <key>`.
+    /// when set, every `/v1` route needs `Authorization: Bearer <key>`. The file is read again on
+    /// SIGHUP and when it changes.
     #[arg(long, env = "ENGRAM_API_KEYS")]
     pub api_keys: Option<PathBuf>,
+
+    /// Serve `/v1` without API keys on a non-loopback address: anyone who reaches the port can
+    /// read the notes. Only for a network you trust, on purpose.
+    #[arg(long, env = "ENGRAM_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
 
     /// Origins allowed to call the API from a browser, comma-separated (`*` for any); none by default.
     #[arg(long, env = "ENGRAM_CORS_ORIGINS", value_delimiter = ',')]
@@ -75,7 +82,60 @@ pub struct Config {
     #[arg(long)]
     pub check: bool,
 
+    /// How often the API key file is checked for changes, in seconds.
+    #[arg(long, env = "ENGRAM_API_KEYS_RELOAD_SECS", default_value_t = 5)]
+    pub api_keys_reload_secs: u64,
+
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "ENGRAM_LOG", default_value = "info,qdrant_edge=error")]
     pub log: String,
+}
+
+impl Config {
+    /// Refuses a configuration that would serve the notes to the network without keys.
+    pub fn check_exposure(&self) -> anyhow::Result<()> {
+        if self.api_keys.is_none() && !self.allow_anonymous && !self.addr.ip().is_loopback() {
+            anyhow::bail!(
+                "refusing to serve on {} without API keys: anyone who can reach this address could read the notes. \
+                 Set ENGRAM_API_KEYS to a file of keys (one per line, e.g. `openssl rand -hex 32 > keys`), \
+                 or listen on 127.0.0.1 (ENGRAM_ADDR), or set ENGRAM_ALLOW_ANONYMOUS=true to serve without keys on purpose",
+                self.addr
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("inference-service").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn the_network_needs_keys_or_an_explicit_opening() {
+        assert!(config(&[]).addr.ip().is_loopback(), "loopback by default");
+        assert!(config(&[]).check_exposure().is_ok());
+        assert!(config(&["--addr", "[::1]:8080"]).check_exposure().is_ok());
+        let err = config(&["--addr", "0.0.0.0:8080"])
+            .check_exposure()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ENGRAM_API_KEYS") && err.contains("ENGRAM_ALLOW_ANONYMOUS"),
+            "{err}"
+        );
+        assert!(
+            config(&["--addr", "0.0.0.0:8080", "--api-keys", "keys"])
+                .check_exposure()
+                .is_ok()
+        );
+        assert!(
+            config(&["--addr", "0.0.0.0:8080", "--allow-anonymous"])
+                .check_exposure()
+                .is_ok()
+        );
+    }
 }

@@ -15,7 +15,6 @@ mod state;
 use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, Result};
-use clap::Parser;
 use engram_shared::embedding::{Embedder, EmbedderOptions};
 use engram_shared::registry::{AliasKind, INDEX_LIVE, MODEL_PRODUCTION};
 use engram_shared::storage::{self, Storage};
@@ -27,7 +26,7 @@ use crate::state::Served;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let config = Config::parse();
+    let config: Config = engram_shared::config::parse_args();
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -65,7 +64,7 @@ async fn check(config: &Config) -> Result<()> {
         (None, None) => println!("live index: none (build one with `feature-pipeline index`)"),
     }
     println!("would listen on {}", config.addr);
-    Ok(())
+    config.check_exposure()
 }
 
 /// Loads what is served; a missing part is reported as not-ready, not as a start-up failure.
@@ -85,9 +84,20 @@ async fn load(config: &Config, storage: &Storage, embedder: &Embedder) -> Served
 
 async fn serve(config: &Config) -> Result<()> {
     // Settings that can be wrong are checked before anything slow is loaded.
+    config.check_exposure()?;
     let keys = match &config.api_keys {
-        Some(path) => Some(Arc::new(http::auth::ApiKeys::load(path)?)),
-        None => None,
+        Some(path) => {
+            let ring = Arc::new(http::auth::KeyRing::open(path)?);
+            let interval = std::time::Duration::from_secs(config.api_keys_reload_secs.max(1));
+            tokio::spawn(http::auth::watch(ring.clone(), interval));
+            Some(ring)
+        }
+        None => {
+            if config.allow_anonymous && !config.addr.ip().is_loopback() {
+                tracing::warn!(addr = %config.addr, "serving without API keys on a network address (ENGRAM_ALLOW_ANONYMOUS)");
+            }
+            None
+        }
     };
     let cors = http::cors(&config.cors_origins)?;
     let storage = Storage::open(&config.storage).await?;

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub prompt_tokens: IntCounter,
     /// Completion tokens generated.
     pub completion_tokens: IntCounter,
+    /// Requests refused for a missing or unknown API key, by reason.
+    pub auth_failures: IntCounterVec,
     queue_depth: IntGauge,
     model_info: IntGaugeVec,
     index_info: IntGaugeVec,
@@ -59,6 +61,13 @@ impl Metrics {
         )?;
         let prompt_tokens = IntCounter::new("engram_prompt_tokens_total", "Prompt tokens processed")?;
         let completion_tokens = IntCounter::new("engram_completion_tokens_total", "Completion tokens generated")?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "engram_auth_failures_total",
+                "Requests refused for want of a valid API key, by reason (missing, malformed, unknown_key)",
+            ),
+            &["reason"],
+        )?;
         let queue_depth = IntGauge::new("engram_queue_depth", "Generations waiting for a model thread")?;
         let model_info = IntGaugeVec::new(
             Opts::new("engram_model_info", "The model served (1 for the loaded one)"),
@@ -73,6 +82,7 @@ impl Metrics {
         registry.register(Box::new(time_to_first_token.clone()))?;
         registry.register(Box::new(prompt_tokens.clone()))?;
         registry.register(Box::new(completion_tokens.clone()))?;
+        registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(model_info.clone()))?;
         registry.register(Box::new(index_info.clone()))?;
@@ -83,6 +93,7 @@ impl Metrics {
             time_to_first_token,
             prompt_tokens,
             completion_tokens,
+            auth_failures,
             queue_depth,
             model_info,
             index_info,

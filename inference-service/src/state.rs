@@ -14,6 +14,7 @@ use engram_shared::embedding::Embedder;
 use engram_shared::generation::{Generator, GeneratorOptions};
 use engram_shared::registry::{AliasKind, MODEL_PRODUCTION};
 use engram_shared::storage::Storage;
+use engram_shared::vectors::VectorIndex;
 use engram_shared::vectors::manifest::IndexManifest;
 
 /// A loaded model.
@@ -26,12 +27,21 @@ pub struct ServedModel {
     pub generator: Arc<Generator>,
 }
 
-/// The live index version and what it was built with.
+/// The live index version and what it was built with. When the last request using it ends after a
+/// newer version took its place, the vector store is told to release it (the embedded backend
+/// closes its shard and removes its private copy), so memory and disk stay bounded across rebuilds.
 pub struct ServedIndex {
     /// The version.
     pub version: u64,
     /// Its manifest.
     pub manifest: IndexManifest,
+    vectors: Arc<dyn VectorIndex>,
+}
+
+impl Drop for ServedIndex {
+    fn drop(&mut self) {
+        self.vectors.release(self.version);
+    }
 }
 
 /// What is served now. Either part may be missing; the service then says why it is not ready.
@@ -98,5 +108,16 @@ pub async fn load_index(storage: &Storage, embedder: &Embedder) -> anyhow::Resul
     let manifest: IndexManifest = serde_json::from_value(registered.spec.manifest)
         .with_context(|| format!("the manifest of index version {version} is not readable"))?;
     manifest.check_embedder(embedder.model_id(), embedder.dimension(), version as i64)?;
-    Ok(Some(ServedIndex { version, manifest }))
+    // Opened now (off the runtime's threads), not by the first question, and refused here if it
+    // cannot be opened.
+    storage
+        .vectors
+        .count(version)
+        .await
+        .with_context(|| format!("index version {version} cannot be opened"))?;
+    Ok(Some(ServedIndex {
+        version,
+        manifest,
+        vectors: storage.vectors.clone(),
+    }))
 }

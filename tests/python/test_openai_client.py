@@ -7,7 +7,10 @@ loopback port, and the client asks a question about the corpus, whole and stream
 
 import json
 import time
+from pathlib import Path
 import urllib.request
+
+import urllib.error
 
 import openai
 import pytest
@@ -21,6 +24,21 @@ def service(corpus):
     server = Service(env, "--reload-interval-secs", "1")
     yield server.base, env, home
     assert server.stop() == 0, "SIGTERM ends the service cleanly"
+
+
+def service_pid(base):
+    """The pid of the inference-service listening at `base`, found by its command line."""
+    address = base.split("//", 1)[1]
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"inference-service") and address.encode() in argv:
+            return int(proc.name)
+    raise AssertionError(f"no inference-service process listens on {address}")
 
 
 def client(service):
@@ -102,11 +120,20 @@ def test_metrics_count_requests_tokens_and_time_to_first_token(service):
     assert value("engram_index_info{") == 1
 
 
-def test_api_keys_guard_the_v1_routes_and_the_page_is_served(service, tmp_path):
+def models_status(base, authorization):
+    request = urllib.request.Request(f"{base}/v1/models", headers={"Authorization": authorization})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_api_keys_guard_the_v1_routes_rotate_without_a_restart_and_failures_are_counted(service, tmp_path):
     _, env, _ = service
     keys = tmp_path / "keys"
     keys.write_text("# one key per line\nsecret-one\n")
-    server = Service(env, "--api-keys", str(keys), probe="/healthz")
+    server = Service(env, "--api-keys", str(keys), "--api-keys-reload-secs", "1", probe="/healthz")
     base = server.base
     try:
         with pytest.raises(openai.AuthenticationError) as error:
@@ -114,11 +141,71 @@ def test_api_keys_guard_the_v1_routes_and_the_page_is_served(service, tmp_path):
         assert "API key" in error.value.body["message"]
         models = openai.OpenAI(base_url=f"{base}/v1", api_key="secret-one", max_retries=0).models.list()
         assert len(models.data) == 1
+        assert models_status(base, "bearer secret-one") == 200, "the scheme matches in any case"
         with urllib.request.urlopen(f"{base}/", timeout=10) as response:
             page = response.read().decode()
         assert "/v1/chat/completions" in page and "<title>engram</title>" in page
+
+        # The key is rotated in the file: the new one works and the old one stops, no restart.
+        keys.write_text("secret-two-rotated\n")
+        deadline = time.time() + 20
+        while models_status(base, "Bearer secret-two-rotated") != 200:
+            assert time.time() < deadline, "the rotated key was not picked up"
+            time.sleep(0.3)
+        assert models_status(base, "Bearer secret-one") == 401
+        # A broken file keeps the keys in force.
+        keys.write_text("sha256:not-hex\n")
+        time.sleep(2.5)
+        assert models_status(base, "Bearer secret-two-rotated") == 200
+
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        assert 'engram_auth_failures_total{reason="unknown_key"}' in metrics, metrics
+        assert server.stop() == 0
+        log = server.process.stderr.read()
+        assert "authentication failed" in log, log
+        assert "secret-one" not in log and "wrong" not in log, "keys are never logged"
     finally:
-        server.stop()
+        if server.process.poll() is None:
+            server.stop()
+
+
+def test_ten_rebuilds_under_reload_keep_memory_and_disk_bounded(service):
+    """The service releases index versions it no longer serves: its resident memory and the reader
+    copies on disk do not grow with the number of rebuilds."""
+    base, env, home = service
+    pid = service_pid(base)
+
+    def rss_mib():
+        with open(f"/proc/{pid}/status") as status:
+            line = next(l for l in status if l.startswith("VmRSS:"))
+        return int(line.split()[1]) / 1024
+
+    def rebuild():
+        before = ready(base)["index"]["version"]
+        pipeline(env, "index")
+        deadline = time.time() + 60
+        while ready(base)["index"]["version"] == before:
+            assert time.time() < deadline, "the rebuilt index was not picked up"
+            time.sleep(0.3)
+        # A question on the new version opens it.
+        client(base).chat.completions.create(
+            model="engram", messages=[{"role": "user", "content": QUESTION}], max_tokens=1, temperature=0
+        )
+
+    for _ in range(3):
+        rebuild()
+    settled = rss_mib()
+    for _ in range(7):
+        rebuild()
+    grown = rss_mib() - settled
+    readers = home / "vectors" / ".readers"
+    copies = [p for p in readers.iterdir() if not p.name.endswith(".lock")] if readers.exists() else []
+    versions = [p for p in (home / "vectors").iterdir() if p.name.startswith("chunks_v")]
+    print(f"\nrebuilds: RSS after 3 {settled:.0f} MiB, after 10 +{grown:.0f} MiB; {len(copies)} reader copies, {len(versions)} versions on disk")
+    assert grown < 40, f"the service's memory grew by {grown:.0f} MiB over 7 rebuilds"
+    assert len(copies) <= 1, copies
+    assert len(versions) <= 4, versions
 
 
 def test_a_promotion_and_a_rebuild_are_picked_up_without_failed_requests(service, tmp_path):

@@ -80,10 +80,20 @@ pub struct Message {
 #[serde(untagged)]
 pub enum Stop {
     /// One stop string.
-    One(String),
+    One(StopSequence),
     /// Several.
-    Many(Vec<String>),
+    Many(StopSequences),
 }
+
+/// A stop sequence: matched at every generated token, so it is short.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[schema(min_length = 1, max_length = 256)]
+pub struct StopSequence(pub String);
+
+/// Up to four stop sequences, as OpenAI's API allows.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(max_items = 4)]
+pub struct StopSequences(pub Vec<StopSequence>);
 
 /// Where retrieved chunks may come from.
 #[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
@@ -344,6 +354,11 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Most stop sequences a request may give.
+const MAX_STOP: usize = 4;
+/// Longest stop sequence, in bytes.
+const MAX_STOP_BYTES: usize = 256;
+
 /// Checks the request and turns it into messages and sampling parameters.
 fn validate(
     request: &ChatRequest,
@@ -426,9 +441,17 @@ fn validate(
         .unwrap_or(max_completion_tokens.min(256));
     let stop = match &request.stop {
         None => vec![],
-        Some(Stop::One(s)) => vec![s.clone()],
-        Some(Stop::Many(v)) => v.clone(),
+        Some(Stop::One(s)) => vec![s.0.clone()],
+        Some(Stop::Many(v)) => v.0.iter().map(|s| s.0.clone()).collect(),
     };
+    // As OpenAI's API: a few short stop sequences. Each is matched at every generated token, so
+    // their number and length are bounded.
+    if stop.len() > MAX_STOP || stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::invalid(
+            "stop",
+            format!("stop holds at most {MAX_STOP} sequences of 1 to {MAX_STOP_BYTES} bytes"),
+        ));
+    }
     let seed = match request.seed {
         Some(seed) if seed > i64::MAX as u64 => {
             return Err(ApiError::invalid("seed", "seed is between 0 and 2^63-1"));
@@ -749,5 +772,36 @@ impl From<rag::PromptError> for ApiError {
             rag::PromptError::Model(err) => ApiError::internal(err),
             other => ApiError::invalid("messages", other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use engram_tests::fuzz::Fuzz;
+
+    use super::*;
+
+    const VALID: &str = r#"{"model":"engram","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"What did the tickets cost?"}]}],"stream":true,"stream_options":{"include_usage":true},"max_tokens":64,"temperature":0.3,"top_p":0.9,"seed":7,"stop":["\n\n","END"],"retrieval":{"enabled":true,"top_k":4,"filter":{"source":"notion"}}}"#;
+
+    #[test]
+    fn fuzz_the_chat_request() {
+        let request: ChatRequest = serde_json::from_str(VALID).expect("the valid request parses");
+        validate(&request, 512).expect("and validates");
+        let too_many: ChatRequest =
+            serde_json::from_str(r#"{"messages":[{"role":"user","content":"hi"}],"stop":["a","b","c","d","e"]}"#)
+                .unwrap();
+        assert!(validate(&too_many, 512).is_err(), "five stop sequences are refused");
+        // Regression case: nesting deeper than serde_json's limit is an error, not a stack overflow.
+        let deep = format!("{{\"messages\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(serde_json::from_str::<ChatRequest>(&deep).is_err());
+        let cases = Fuzz::from_env("chat-request").run(
+            |fuzz| fuzz.mutate(VALID.as_bytes(), VALID.len()),
+            |bytes| {
+                if let Ok(request) = serde_json::from_slice::<ChatRequest>(bytes) {
+                    let _ = validate(&request, 512);
+                }
+            },
+        );
+        assert!(cases > 0);
     }
 }

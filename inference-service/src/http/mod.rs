@@ -69,13 +69,17 @@ async fn ui() -> axum::response::Html<&'static str> {
 
 /// The service's routes. `/v1` needs an API key when keys are configured; health, metrics and the
 /// page do not (the page asks for a key and sends it with its API calls).
-pub fn router(state: AppState, keys: Option<Arc<auth::ApiKeys>>, cors: CorsLayer, max_body_bytes: usize) -> Router {
+pub fn router(state: AppState, keys: Option<Arc<auth::KeyRing>>, cors: CorsLayer, max_body_bytes: usize) -> Router {
     let document = openapi::response(&state.limits, keys.is_some());
+    let guard = auth::Guard {
+        keys,
+        metrics: state.metrics.clone(),
+    };
     let v1 = Router::new()
         .route("/v1/models", get(health::models))
         .route("/v1/search", post(search::search))
         .route("/v1/chat/completions", post(chat::completions))
-        .route_layer(axum::middleware::from_fn_with_state(keys, auth::require));
+        .route_layer(axum::middleware::from_fn_with_state(guard, auth::require));
     Router::new()
         .route("/", get(ui))
         .route("/healthz", get(health::healthz))
