@@ -11,6 +11,11 @@ use super::{ChatMessage, GenerationError};
 /// ChatML, for models that ship no template.
 pub const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+/// Instructions one rendering may run. A chat template comes from the model file, which is input
+/// from outside; real templates spend a few thousand on a long conversation, so a template that
+/// loops for ever (or nearly) stops with an error instead of holding a model thread.
+const FUEL: u64 = 2_000_000;
+
 /// A compiled chat template.
 #[derive(Debug)]
 pub struct ChatTemplate {
@@ -25,6 +30,7 @@ impl ChatTemplate {
     /// Compiles `source`.
     pub fn new(source: &str) -> Result<Self, GenerationError> {
         let mut env = Environment::new();
+        env.set_fuel(Some(FUEL));
         env.add_function("raise_exception", raise_exception);
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| GenerationError::Format(format!("the model's chat template does not compile: {e}")))?;
@@ -61,5 +67,14 @@ mod tests {
             prompt,
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    #[test]
+    fn a_template_that_runs_too_long_is_stopped() {
+        let endless =
+            ChatTemplate::new("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}")
+                .unwrap();
+        let err = endless.render(&[ChatMessage::new(Role::User, "Hi")]).unwrap_err();
+        assert!(err.to_string().contains("fuel"), "{err}");
     }
 }
