@@ -48,8 +48,35 @@ fn converter() -> HtmlToMarkdown {
         .build()
 }
 
+/// Stack for the recursive readers: the nesting limit counts only elements a page must close, and
+/// the HTML parser nests more (a table's implied rows and cells), so they run on a thread with room
+/// to spare (reserved, not used, until needed).
+const READER_STACK: usize = 256 << 20;
+
 /// Extracts the main content of `html`, fetched from `url` (used to resolve relative links).
 pub fn extract(html: &str, url: &str) -> HtmlPage {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("html-reader".into())
+            .stack_size(READER_STACK)
+            .spawn_scoped(scope, || read(html, url))
+            .ok()
+            .and_then(|reader| reader.join().ok())
+    })
+    .unwrap_or_else(|| {
+        let (text, title) = html_nesting::text_and_title(html);
+        HtmlPage {
+            title,
+            markdown: markdown::clean(&text),
+            lang: None,
+            byline: None,
+            site_name: None,
+            extraction: "text-only (the HTML reader failed)",
+        }
+    })
+}
+
+fn read(html: &str, url: &str) -> HtmlPage {
     if html_nesting::depth(html) > html_nesting::MAX_DEPTH {
         let (text, title) = html_nesting::text_and_title(html);
         return HtmlPage {
