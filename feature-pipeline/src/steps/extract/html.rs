@@ -63,30 +63,25 @@ pub fn extract(html: &str, url: &str) -> HtmlPage {
             .ok()
             .and_then(|reader| reader.join().ok())
     })
-    .unwrap_or_else(|| {
-        let (text, title) = html_nesting::text_and_title(html);
-        HtmlPage {
-            title,
-            markdown: markdown::clean(&text),
-            lang: None,
-            byline: None,
-            site_name: None,
-            extraction: "text-only (the HTML reader failed)",
-        }
-    })
+    .unwrap_or_else(|| text_only(html, "text-only (the HTML reader failed)"))
+}
+
+/// The page as plain text, for pages the HTML readers cannot take.
+fn text_only(html: &str, extraction: &'static str) -> HtmlPage {
+    let (text, title) = html_nesting::text_and_title(html);
+    HtmlPage {
+        title,
+        markdown: markdown::clean(&text),
+        lang: None,
+        byline: None,
+        site_name: None,
+        extraction,
+    }
 }
 
 fn read(html: &str, url: &str) -> HtmlPage {
     if html_nesting::depth(html) > html_nesting::MAX_DEPTH {
-        let (text, title) = html_nesting::text_and_title(html);
-        return HtmlPage {
-            title,
-            markdown: markdown::clean(&text),
-            lang: None,
-            byline: None,
-            site_name: None,
-            extraction: "text-only (nested too deep for HTML)",
-        };
+        return text_only(html, "text-only (nested too deep for HTML)");
     }
     let config = Config {
         // Keep short articles: notes and small pages are what people save.
