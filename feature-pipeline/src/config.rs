@@ -441,6 +441,45 @@ pub enum EvalCommand {
     /// Summaries of a dataset's test split by each model (greedy): ROUGE-1/2/L, length,
     /// faithfulness, with a bootstrap interval of the ROUGE-L difference; stored on each version.
     Model(EvalModelArgs),
+    /// Answers over a question set through the service's path (retrieval, abstention, prompt,
+    /// model): retrieval hit, correctness (every fact), citation correctness, abstention on
+    /// unanswerable questions and false abstention, per model; stored on each registered version.
+    Answers(EvalAnswersArgs),
+}
+
+/// Options of `eval answers`.
+#[derive(Debug, Clone, Args)]
+pub struct EvalAnswersArgs {
+    /// A TSV file: `question<TAB>expected title, url or none<TAB>fact<TAB>…` per line (a fact is
+    /// text, or `re:` and a regex, matched ignoring case); see samples/answers.tsv.
+    #[arg(long)]
+    pub questions: PathBuf,
+
+    /// The models, comma-separated: versions (`3`, `v3`), `production`, or model files. Default:
+    /// production and, when it is fine-tuned, its base.
+    #[arg(long, value_delimiter = ',')]
+    pub models: Vec<String>,
+
+    /// Chunks retrieved per question (the service's ENGRAM_TOP_K).
+    #[arg(long, default_value_t = 4)]
+    pub top_k: usize,
+
+    /// The closeness below which the answer is that the notes do not say (the service's
+    /// ENGRAM_MIN_RELEVANCE); -1 never abstains.
+    #[arg(long, default_value_t = engram_shared::answers::abstain::DEFAULT_MIN_RELEVANCE, allow_negative_numbers = true)]
+    pub min_relevance: f32,
+
+    /// Most tokens per answer.
+    #[arg(long, default_value_t = 160)]
+    pub max_tokens: usize,
+
+    /// The embedding model (must be the one the index was built with).
+    #[command(flatten)]
+    pub embedding: EmbeddingArgs,
+
+    /// Print every question's answer and marks as JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `eval model`.

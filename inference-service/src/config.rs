@@ -39,7 +39,8 @@ pub struct Config {
     #[arg(long, env = "ENGRAM_MAX_COMPLETION_TOKENS", default_value_t = 512)]
     pub max_completion_tokens: usize,
 
-    /// Most tokens of a request's conversation (before sources are added); longer ones get a 400.
+    /// Most tokens of a request's conversation (before sources are added): older turns beyond it
+    /// are dropped, oldest first; a last message longer than it alone gets a 400.
     #[arg(long, env = "ENGRAM_MAX_PROMPT_TOKENS", default_value_t = 4096)]
     pub max_prompt_tokens: usize,
 
@@ -54,6 +55,13 @@ pub struct Config {
     /// Chunks retrieved per question by default.
     #[arg(long, env = "ENGRAM_TOP_K", default_value_t = 4)]
     pub top_k: usize,
+
+    /// How close (cosine similarity, -1 to 1) the closest retrieved chunk must be for the model to
+    /// answer; below it the answer is that the notes do not say. Calibrated on
+    /// samples/answers.tsv (README, "Grounded answers"); -1 never abstains.
+    #[arg(long, env = "ENGRAM_MIN_RELEVANCE", default_value_t = engram_shared::answers::abstain::DEFAULT_MIN_RELEVANCE,
+          value_parser = relevance)]
+    pub min_relevance: f32,
 
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "ENGRAM_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
@@ -89,6 +97,13 @@ pub struct Config {
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "ENGRAM_LOG", default_value = "info,qdrant_edge=error")]
     pub log: String,
+}
+
+fn relevance(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(value) if (-1.0..=1.0).contains(&value) => Ok(value),
+        _ => Err(format!("{text:?} is not a cosine similarity between -1 and 1")),
+    }
 }
 
 impl Config {

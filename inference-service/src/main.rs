@@ -121,6 +121,7 @@ async fn serve(config: &Config) -> Result<()> {
         engine: Engine::start(config.workers, config.max_queue),
         served: Arc::new(RwLock::new(Arc::new(served))),
         top_k: config.top_k,
+        min_relevance: config.min_relevance,
         limits: http::Limits {
             max_completion_tokens: config.max_completion_tokens,
             max_prompt_tokens: config.max_prompt_tokens,

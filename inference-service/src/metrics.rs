@@ -29,6 +29,8 @@ pub struct Metrics {
     pub completion_tokens: IntCounter,
     /// Requests refused for a missing or unknown API key, by reason.
     pub auth_failures: IntCounterVec,
+    /// Questions answered "the notes do not say" without generating.
+    pub abstentions: IntCounter,
     queue_depth: IntGauge,
     model_info: IntGaugeVec,
     index_info: IntGaugeVec,
@@ -68,6 +70,10 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let abstentions = IntCounter::new(
+            "engram_abstentions_total",
+            "Questions answered that the notes do not say, nothing retrieved being close enough",
+        )?;
         let queue_depth = IntGauge::new("engram_queue_depth", "Generations waiting for a model thread")?;
         let model_info = IntGaugeVec::new(
             Opts::new("engram_model_info", "The model served (1 for the loaded one)"),
@@ -83,6 +89,7 @@ impl Metrics {
         registry.register(Box::new(prompt_tokens.clone()))?;
         registry.register(Box::new(completion_tokens.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
+        registry.register(Box::new(abstentions.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(model_info.clone()))?;
         registry.register(Box::new(index_info.clone()))?;
@@ -94,6 +101,7 @@ impl Metrics {
             prompt_tokens,
             completion_tokens,
             auth_failures,
+            abstentions,
             queue_depth,
             model_info,
             index_info,

@@ -11,11 +11,14 @@
 //! | [`registry`]  | `Registry`      | SQLite file (sqlx)        | PostgreSQL (same SQL)   |
 //! | [`artifacts`] | `ArtifactStore` | local directory           | S3-compatible store     |
 //!
-//! Beside the stores, [`embedding`] and [`generation`] run the models both programs use (candle).
+//! Beside the stores, [`embedding`] and [`generation`] run the models both programs use (candle),
+//! and [`answers`] is the path from a conversation to a grounded prompt that the service serves and
+//! the pipeline's answer evaluation measures.
 //!
 //! [`config::StorageConfig`] picks the backends from flags and `ENGRAM_*` variables and
 //! [`storage::Storage`] opens them all, failing fast with an error that names the variable to fix.
 
+pub mod answers;
 pub mod artifacts;
 pub mod config;
 pub mod documents;

@@ -486,3 +486,94 @@ fn a_directory_that_is_not_a_llama_checkpoint_is_refused_with_what_to_do() {
     let weightless = Generator::load(dir.path(), GeneratorOptions::default()).unwrap_err();
     assert!(weightless.to_string().contains("no model.safetensors"), "{weightless}");
 }
+
+fn source_hit(n: usize) -> engram_shared::vectors::SearchHit {
+    engram_shared::vectors::SearchHit {
+        id: uuid::Uuid::from_u128(n as u128),
+        chunk: engram_shared::vectors::Chunk {
+            doc_id: format!("doc{n}"),
+            position: 0,
+            source: engram_shared::documents::Source::Notion,
+            title: format!("Note {n}"),
+            url: format!("https://example.com/{n}"),
+            heading_path: vec![],
+            text: format!("Fact {n}: the tram ticket cost {n} euros on the day we went. ").repeat(6),
+        },
+        score: 1.0 / n as f32,
+    }
+}
+
+#[test]
+fn a_long_conversation_keeps_its_last_question_drops_the_oldest_turns_and_leaves_room_for_sources() {
+    use engram_shared::answers::prompt::{PromptError, fit};
+    let generator = generator();
+    let mut conversation = vec![ChatMessage::new(Role::System, "Be brief.")];
+    for turn in 0..30 {
+        conversation.push(ChatMessage::new(
+            Role::User,
+            format!("Question {turn}: what did the tram cost that day?"),
+        ));
+        conversation.push(ChatMessage::new(
+            Role::Assistant,
+            format!("Answer {turn}: it cost a few euros, as the notes say [1]. ").repeat(3),
+        ));
+    }
+    conversation.push(ChatMessage::new(Role::User, "And the last question?"));
+    let hits: Vec<_> = (1..=8).map(source_hit).collect();
+    // A window of 1,200 tokens for the prompt: the whole conversation would take ~2,500.
+    let answer_tokens = generator.context_length() - 1200;
+    let prompt = fit(generator, &conversation, &hits, answer_tokens, 4096).unwrap();
+    let tokens = generator.prompt_tokens(&prompt.messages).unwrap().len();
+    assert!(tokens < 1200, "{tokens} tokens");
+    assert!(
+        prompt.dropped_turns > 0 && prompt.dropped_turns.is_multiple_of(2),
+        "{}",
+        prompt.dropped_turns
+    );
+    assert_eq!(prompt.messages.last().unwrap().content, "And the last question?");
+    assert_eq!(prompt.messages[0].role, Role::System);
+    assert!(
+        prompt.messages[0].content.contains("Be brief."),
+        "the client's instructions stay"
+    );
+    assert_eq!(
+        prompt.messages[1].role,
+        Role::User,
+        "the kept conversation opens with a question"
+    );
+    assert!(
+        prompt.sources >= 2,
+        "sources get the room history does not take: {}",
+        prompt.sources
+    );
+    assert!(prompt.messages[0].content.contains("[1] Note 1"));
+    let kept = prompt.messages.len() - 1; // all but the system message
+    assert_eq!(
+        kept + prompt.dropped_turns,
+        61,
+        "every turn is kept or counted as dropped"
+    );
+    // The oldest turns went first: what is kept is the most recent.
+    assert!(
+        prompt.messages[1]
+            .content
+            .starts_with(&format!("Question {}:", prompt.dropped_turns / 2))
+    );
+
+    // A short conversation is kept whole.
+    let short = &conversation[conversation.len() - 3..];
+    let whole = fit(generator, short, &hits, 256, 4096).unwrap();
+    assert_eq!((whole.dropped_turns, whole.messages.len()), (0, 4));
+    assert_eq!(whole.sources, 8);
+
+    // The last question alone over the limit is refused, naming the limit.
+    let long = [ChatMessage::new(Role::User, "word ".repeat(3000))];
+    match fit(generator, &long, &hits, 256, 1024) {
+        Err(PromptError::TooLong { limit: 1024, .. }) => {}
+        other => panic!("expected TooLong, got {other:?}"),
+    }
+    match fit(generator, &long, &hits, generator.context_length() - 500, 8192) {
+        Err(PromptError::NoRoom { .. }) => {}
+        other => panic!("expected NoRoom, got {other:?}"),
+    }
+}

@@ -6,6 +6,7 @@ loopback port, and the client asks a question about the corpus, whole and stream
 """
 
 import json
+import re
 import time
 from pathlib import Path
 import urllib.request
@@ -80,7 +81,75 @@ def test_a_streamed_answer_ends_with_usage(service):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.strip()
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
-    assert any(c.choices and c.choices[0].finish_reason for c in chunks)
+    last = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(last) == 1, "one chunk ends the answer"
+    marked = last[0].model_extra["sources"]
+    assert [s["chunk_id"] for s in marked] == [s["chunk_id"] for s in first.model_extra["sources"]]
+    assert all(s["cited"] in (True, False) for s in marked), "the last chunk marks the cited sources"
+    assert first.model_extra["retrieval"]["query"] == QUESTION
+
+
+def chat(base, body):
+    request = urllib.request.Request(
+        f"{base}/v1/chat/completions", data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return json.load(response)
+
+
+def is_dal(title):
+    # The export holds "Weeknight Dal" and an exact "Copy of Weeknight Dal"; the filter keeps one.
+    return title.endswith("Weeknight Dal")
+
+
+def test_a_follow_up_is_searched_with_the_question_it_follows(service):
+    base = service[0]
+    follow_up = "And how long does it keep in the fridge?"
+    alone = chat(base, {"messages": [{"role": "user", "content": follow_up}], "max_tokens": 1,
+                        "retrieval": {"abstain": False}})
+    assert not any(is_dal(s["title"]) for s in alone["sources"]), "alone, the follow-up does not find the dal"
+    assert alone["retrieval"]["rewritten"] is False
+    conversation = [
+        {"role": "user", "content": "What goes into the weeknight dal?"},
+        {"role": "assistant", "content": "Red lentils, turmeric, a tomato and a tadka [1]."},
+        {"role": "user", "content": follow_up},
+    ]
+    answer = chat(base, {"messages": conversation, "max_tokens": 24, "temperature": 0})
+    retrieval = answer["retrieval"]
+    assert retrieval["rewritten"] is True and "weeknight dal" in retrieval["query"].lower(), retrieval
+    assert is_dal(answer["sources"][0]["title"]), answer["sources"]
+    assert retrieval["abstained"] is False and answer["choices"][0]["message"]["content"].strip()
+
+
+def test_a_question_the_notes_cannot_answer_gets_the_abstention_without_generation(service):
+    base = service[0]
+    question = [{"role": "user", "content": "Who won the football world cup in 1966?"}]
+    answer = chat(base, {"messages": question, "max_tokens": 32})
+    assert answer["retrieval"]["abstained"] is True, answer["retrieval"]
+    assert answer["retrieval"]["closest"] < 0.35
+    assert "notes do not say" in answer["choices"][0]["message"]["content"]
+    assert answer["sources"] == [] and answer["usage"]["completion_tokens"] == 0
+    # Per request, abstention can be turned off: the model answers from the closest chunks.
+    forced = chat(base, {"messages": question, "max_tokens": 8, "retrieval": {"abstain": False}})
+    assert forced["retrieval"]["abstained"] is False and forced["usage"]["completion_tokens"] > 0
+    assert forced["sources"]
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        assert any(line.startswith("engram_abstentions_total ") and float(line.split()[1]) >= 1
+                   for line in response.read().decode().splitlines())
+
+
+def test_sources_carry_snippets_and_are_marked_when_cited(service):
+    answer = chat(service[0], {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 48, "temperature": 0})
+    content = answer["choices"][0]["message"]["content"]
+    for source in answer["sources"]:
+        assert source["snippet"].strip() and len(source["snippet"]) <= 321
+        number = source["index"]
+        if f"[{number}]" in content:
+            assert source["cited"] is True, (number, content)
+        if source["cited"]:
+            brackets = re.findall(r"\[([^\]]*)\]", content)
+            assert any(str(number) in inside for inside in brackets), (number, content)
+        assert source["cited"] in (True, False)
 
 
 def test_unsupported_requests_get_openai_errors(service):

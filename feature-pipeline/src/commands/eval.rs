@@ -1,7 +1,9 @@
-//! `feature-pipeline eval retrieval`: hit@k and MRR of the live index over a question set.
+//! `feature-pipeline eval retrieval`: hit@k and MRR of the live index over a question set (and the
+//! dispatch of `eval`'s other commands).
 
 use anyhow::{Context, Result};
 use engram_shared::config::StorageConfig;
+use engram_shared::embedding::Embedder;
 use engram_shared::storage::Storage;
 use engram_shared::vectors::hybrid::{self, Fusion, HybridQuery};
 use engram_shared::vectors::manifest::IndexManifest;
@@ -20,6 +22,7 @@ pub async fn run(config: &StorageConfig, command: &EvalCommand) -> Result<()> {
     match command {
         EvalCommand::Retrieval(args) => retrieval(config, args).await,
         EvalCommand::Model(args) => super::eval_model::run(config, args).await,
+        EvalCommand::Answers(args) => super::eval_answers::run(config, args).await,
     }
 }
 
@@ -33,11 +36,8 @@ fn documents(hits: &[SearchHit]) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn retrieval(config: &StorageConfig, args: &EvalRetrievalArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&args.questions)
-        .with_context(|| format!("cannot read the question file {}", args.questions.display()))?;
-    let questions = parse_questions(&text).with_context(|| format!("in {}", args.questions.display()))?;
-    let storage = Storage::open(config).await?;
+/// The live index version, checked to have been built with `embedder`.
+pub(crate) async fn live_index(storage: &Storage, embedder: &Embedder) -> Result<u64> {
     let version = storage
         .vectors
         .alias()
@@ -50,8 +50,17 @@ async fn retrieval(config: &StorageConfig, args: &EvalRetrievalArgs) -> Result<(
         .with_context(|| format!("index version {version} is live but not in the registry"))?;
     let manifest: IndexManifest = serde_json::from_value(registered.spec.manifest.clone())
         .with_context(|| format!("the manifest of index version {version} is not readable"))?;
-    let embedder = load_embedder(&args.embedding.embedding_model)?;
     manifest.check_embedder(embedder.model_id(), embedder.dimension(), version as i64)?;
+    Ok(version)
+}
+
+async fn retrieval(config: &StorageConfig, args: &EvalRetrievalArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.questions)
+        .with_context(|| format!("cannot read the question file {}", args.questions.display()))?;
+    let questions = parse_questions(&text).with_context(|| format!("in {}", args.questions.display()))?;
+    let storage = Storage::open(config).await?;
+    let embedder = load_embedder(&args.embedding.embedding_model)?;
+    let version = live_index(&storage, &embedder).await?;
 
     let texts: Vec<&str> = questions.iter().map(|q| q.question.as_str()).collect();
     let model = embedder.clone();

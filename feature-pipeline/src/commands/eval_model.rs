@@ -90,7 +90,7 @@ pub async fn run(config: &StorageConfig, args: &EvalModelArgs) -> Result<()> {
 }
 
 /// Production, and its base when it is fine-tuned.
-async fn default_models(storage: &Storage) -> Result<Vec<String>> {
+pub(crate) async fn default_models(storage: &Storage) -> Result<Vec<String>> {
     let production = storage
         .registry
         .alias(AliasKind::Model, MODEL_PRODUCTION)
@@ -109,7 +109,7 @@ async fn default_models(storage: &Storage) -> Result<Vec<String>> {
     Ok(specs)
 }
 
-async fn candidate(storage: &Storage, home: &Path, spec: &str) -> Result<Candidate> {
+pub(crate) async fn candidate(storage: &Storage, home: &Path, spec: &str) -> Result<Candidate> {
     let path = PathBuf::from(spec);
     if path.exists() {
         return Ok(Candidate {

@@ -3,6 +3,7 @@
 pub mod bench_train;
 pub mod dataset;
 pub mod eval;
+pub mod eval_answers;
 pub mod eval_model;
 pub mod explore;
 pub mod extract;

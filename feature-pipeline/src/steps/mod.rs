@@ -1,6 +1,7 @@
 //! The pipeline's steps, one file each: typed input to typed output, touching storage only where
 //! the module comment says.
 
+pub mod answer_eval;
 pub mod chunk;
 pub mod dedup;
 pub mod distil;

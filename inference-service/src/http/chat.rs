@@ -1,10 +1,13 @@
 //! `POST /v1/chat/completions`: OpenAI's chat completions, retrieval-augmented, streamed or not.
 //!
 //! The request is checked (what this model cannot do is refused with a 400 in OpenAI's shape), the
-//! last user message retrieves sources from the live index, the prompt is built within the context
-//! budget, and the engine generates. Non-streamed answers come back whole; streamed ones as SSE
-//! `chat.completion.chunk` lines ending with `data: [DONE]`. Either way the response carries
-//! `sources` (in the first chunk when streamed), the documents the answer cites as [1], [2]…
+//! conversation's standalone question (a follow-up joined to the question it follows) retrieves
+//! sources from the live index, and when nothing retrieved is close enough the answer is that the
+//! notes do not say, without generating. Otherwise the prompt is built within the context budget
+//! (earlier turns dropped oldest first) and the engine generates. Non-streamed answers come back
+//! whole; streamed ones as SSE `chat.completion.chunk` lines ending with `data: [DONE]`. Either way
+//! the response carries `sources`, the numbered chunks the answer may cite as [1], [2]…, marked
+//! `cited` once the answer is known, and `retrieval`, what was searched and how close it came.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,8 +17,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use engram_shared::answers::{self, abstain, followup, prompt};
 use engram_shared::documents::Source;
-use engram_shared::generation::{ChatMessage, Completion, FinishReason, GenerationParams, Role};
+use engram_shared::generation::{self, ChatMessage, Completion, FinishReason, GenerationParams, Role, Timings};
 use engram_shared::vectors::ChunkFilter;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -143,6 +147,13 @@ pub struct Retrieval {
     /// Which chunks qualify.
     #[serde(default, deserialize_with = "object")]
     pub filter: Option<FilterRequest>,
+    /// Answer that the notes do not say, without generating, when no retrieved chunk is close
+    /// enough (default true).
+    pub abstain: Option<bool>,
+    /// How close the closest chunk must be (cosine similarity) for the model to answer (default
+    /// ENGRAM_MIN_RELEVANCE).
+    #[schema(minimum = -1.0, maximum = 1.0)]
+    pub min_relevance: Option<f32>,
 }
 
 /// Streaming options.
@@ -158,7 +169,8 @@ pub struct StreamOptions {
 pub struct ChatRequest {
     /// The model asked for (the loaded one answers; see `/v1/models`).
     pub model: Option<String>,
-    /// The conversation; retrieval searches with the last user message.
+    /// The conversation; retrieval searches with its last user message, joined to the question it
+    /// follows up on when it is a follow-up. Earlier turns that do not fit are dropped, oldest first.
     #[schema(min_items = 1)]
     #[serde(deserialize_with = "objects")]
     pub messages: Vec<Message>,
@@ -280,8 +292,25 @@ pub struct ChatCompletion {
     pub choices: Vec<Choice>,
     /// Token counts.
     pub usage: Usage,
-    /// The retrieved sources the answer may cite (engram's extension).
+    /// The retrieved sources the answer may cite, marked when it does (engram's extension).
     pub sources: Vec<SourceRef>,
+    /// What retrieval searched with and found (engram's extension).
+    pub retrieval: RetrievalReport,
+}
+
+/// What retrieval searched with and how close it came (engram's extension).
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct RetrievalReport {
+    /// The question searched with (empty when nothing was retrieved).
+    pub query: String,
+    /// Whether the query joins earlier questions to a follow-up.
+    pub rewritten: bool,
+    /// The closest chunk's cosine similarity, when anything was retrieved.
+    pub closest: Option<f32>,
+    /// Whether the service answered that the notes do not say, without generating.
+    pub abstained: bool,
+    /// Earlier turns left out of the prompt for lack of room.
+    pub dropped_turns: usize,
 }
 
 /// One server-sent event of a streamed answer, as a client's SSE parser sees it.
@@ -339,9 +368,13 @@ pub struct ChatCompletionChunk {
     pub model: String,
     /// Zero or one choice.
     pub choices: Vec<ChunkChoice>,
-    /// In the first chunk: the sources the answer may cite.
+    /// In the first chunk: the sources the answer may cite; in the last content chunk (the one
+    /// with `finish_reason`) again, with `cited` set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sources: Option<Vec<SourceRef>>,
+    /// In the first chunk: what retrieval searched with and found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrieval: Option<RetrievalReport>,
     /// In the last chunk, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
@@ -377,6 +410,14 @@ fn validate(
         && !(1..=50).contains(&top_k)
     {
         return Err(ApiError::invalid("retrieval", "retrieval.top_k is between 1 and 50"));
+    }
+    if let Some(min) = request.retrieval.as_ref().and_then(|r| r.min_relevance)
+        && !(-1.0..=1.0).contains(&min)
+    {
+        return Err(ApiError::invalid(
+            "retrieval",
+            "retrieval.min_relevance is a cosine similarity, between -1 and 1",
+        ));
     }
     if request.messages.is_empty() {
         return Err(ApiError::invalid(
@@ -512,16 +553,13 @@ pub async fn completions(
         .map_err(|why| ApiError::unavailable(why.clone()))?
         .clone();
     let retrieval = request.retrieval.as_ref();
-    // Retrieval searches with the last user message; a conversation without one retrieves nothing.
-    let question = conversation
-        .iter()
-        .rev()
-        .find(|m| m.role == Role::User)
-        .map(|m| m.content.trim().to_string())
-        .unwrap_or_default();
-    let hits = if retrieval.and_then(|r| r.enabled) == Some(false) || question.is_empty() {
-        Vec::new()
-    } else {
+    let standalone = followup::standalone_question(&conversation);
+    if standalone.rewritten {
+        tracing::info!(query = %standalone.question, "a follow-up is searched with the question it follows");
+    }
+    let retrieving = retrieval.and_then(|r| r.enabled) != Some(false) && !standalone.question.is_empty();
+    let mut report = RetrievalReport::default();
+    let hits = if retrieving {
         let index = served
             .index
             .as_ref()
@@ -531,37 +569,65 @@ pub async fn completions(
             .and_then(|r| r.filter.clone())
             .map(ChunkFilter::from)
             .unwrap_or_default();
-        rag::retrieve(
+        let found = answers::retrieve(
             state.storage.vectors.as_ref(),
             &state.embedder,
             index.version,
-            &question,
+            &standalone.question,
             top_k,
             filter,
         )
         .await
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+        report.query = standalone.question;
+        report.rewritten = standalone.rewritten;
+        report.closest = found.closest;
+        found.hits
+    } else {
+        Vec::new()
     };
-    let generator = model.generator.clone();
-    let max_tokens = params.max_tokens;
-    let max_prompt_tokens = state.limits.max_prompt_tokens;
-    let (messages, sources) =
-        tokio::task::spawn_blocking(move || rag::fit(&generator, &conversation, &hits, max_tokens, max_prompt_tokens))
-            .await
-            .map_err(ApiError::internal)??;
+    let min_relevance = retrieval.and_then(|r| r.min_relevance).unwrap_or(state.min_relevance);
+    let abstaining = retrieving
+        && retrieval.and_then(|r| r.abstain) != Some(false)
+        && abstain::should_abstain(report.closest, min_relevance);
     let (events_tx, events) = mpsc::channel(64);
-    state
-        .engine
-        .submit(Job {
-            generator: model.generator.clone(),
-            messages,
-            params,
-            events: events_tx,
+    let sources = if abstaining {
+        tracing::info!(closest = ?report.closest, min_relevance, "nothing close enough: the notes do not say");
+        report.abstained = true;
+        state.metrics.abstentions.inc();
+        abstention(&events_tx);
+        Vec::new()
+    } else {
+        let generator = model.generator.clone();
+        let max_tokens = params.max_tokens;
+        let max_prompt_tokens = state.limits.max_prompt_tokens;
+        let fitted = tokio::task::spawn_blocking(move || {
+            prompt::fit(&generator, &conversation, &hits, max_tokens, max_prompt_tokens).map(|p| (p, hits))
         })
-        .map_err(|refused| match refused {
-            Refused::Busy => ApiError::busy(),
-            Refused::Stopped => ApiError::unavailable("the service is shutting down"),
-        })?;
+        .await
+        .map_err(ApiError::internal)?;
+        let (fitted, hits) = fitted?;
+        report.dropped_turns = fitted.dropped_turns;
+        if fitted.dropped_turns > 0 {
+            tracing::info!(
+                dropped = fitted.dropped_turns,
+                "earlier turns left out for lack of room"
+            );
+        }
+        state
+            .engine
+            .submit(Job {
+                generator: model.generator.clone(),
+                messages: fitted.messages,
+                params,
+                events: events_tx,
+            })
+            .map_err(|refused| match refused {
+                Refused::Busy => ApiError::busy(),
+                Refused::Stopped => ApiError::unavailable("the service is shutting down"),
+            })?;
+        rag::source_refs(&hits, fitted.sources)
+    };
     let answer = Answer {
         header: Header {
             id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
@@ -569,6 +635,7 @@ pub async fn completions(
             created: now(),
         },
         sources,
+        retrieval: report,
         timeout: state.limits.request_timeout,
         watch: Watch {
             metrics: state.metrics.clone(),
@@ -583,6 +650,23 @@ pub async fn completions(
     } else {
         answer.whole(events).await.map(IntoResponse::into_response)
     }
+}
+
+/// The answer when the notes hold nothing close enough: the same events a generation sends, so
+/// streamed and whole responses look as they always do.
+fn abstention(events: &mpsc::Sender<Event>) {
+    let text = abstain::ABSTENTION.to_string();
+    // The channel is new and holds 64 events: both fit.
+    let _ = events.try_send(Event::Text(text.clone()));
+    let _ = events.try_send(Event::Done(Completion {
+        text,
+        usage: generation::Usage {
+            prompt_tokens: 0,
+            completion_tokens: 0,
+        },
+        finish_reason: FinishReason::Stop,
+        timings: Timings::default(),
+    }));
 }
 
 /// Records a generation's time to first token and token counts.
@@ -634,6 +718,7 @@ impl Header {
                 logprobs: None,
             }],
             sources: None,
+            retrieval: None,
             usage: None,
         }
     }
@@ -643,6 +728,7 @@ impl Header {
 struct Answer {
     header: Header,
     sources: Vec<SourceRef>,
+    retrieval: RetrievalReport,
     timeout: Duration,
     watch: Watch,
 }
@@ -670,6 +756,7 @@ impl Answer {
                 self.timeout.as_secs()
             ))
         })??;
+        rag::mark_cited(&mut self.sources, &completion.text);
         Ok(Json(ChatCompletion {
             id: self.header.id,
             object: "chat.completion",
@@ -686,6 +773,7 @@ impl Answer {
             }],
             usage: Usage::from(&completion),
             sources: self.sources,
+            retrieval: self.retrieval,
         }))
     }
 
@@ -693,7 +781,8 @@ impl Answer {
         let (out, lines) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
         let Answer {
             header,
-            sources,
+            mut sources,
+            retrieval,
             timeout,
             mut watch,
         } = self;
@@ -709,7 +798,8 @@ impl Answer {
                 },
                 None,
             );
-            first.sources = Some(sources);
+            first.sources = Some(sources.clone());
+            first.retrieval = Some(retrieval);
             if out.send(Ok(send(&first))).await.is_err() {
                 return;
             }
@@ -738,7 +828,9 @@ impl Answer {
             .await;
             let failure = match forwarded {
                 Ok(Some(Ok(completion))) => {
-                    let last = header.chunk(text(None), Some(completion.finish_reason.into()));
+                    let mut last = header.chunk(text(None), Some(completion.finish_reason.into()));
+                    rag::mark_cited(&mut sources, &completion.text);
+                    last.sources = Some(sources);
                     let _ = out.send(Ok(send(&last))).await;
                     if include_usage {
                         let mut usage = header.chunk(text(None), None);
@@ -766,10 +858,10 @@ impl Answer {
     }
 }
 
-impl From<rag::PromptError> for ApiError {
-    fn from(err: rag::PromptError) -> Self {
+impl From<prompt::PromptError> for ApiError {
+    fn from(err: prompt::PromptError) -> Self {
         match err {
-            rag::PromptError::Model(err) => ApiError::internal(err),
+            prompt::PromptError::Model(err) => ApiError::internal(err),
             other => ApiError::invalid("messages", other.to_string()),
         }
     }

@@ -35,6 +35,8 @@ pub struct AppState {
     pub served: Arc<RwLock<Arc<Served>>>,
     /// Default chunks per question.
     pub top_k: usize,
+    /// Default closeness below which the service abstains.
+    pub min_relevance: f32,
     /// Per-request limits.
     pub limits: Limits,
     /// Prometheus metrics.

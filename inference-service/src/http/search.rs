@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use engram_shared::answers;
 use engram_shared::vectors::ChunkFilter;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -10,7 +11,6 @@ use super::AppState;
 use super::chat::FilterRequest;
 use super::error::{ApiError, ErrorResponse};
 use super::json::ApiJson;
-use crate::rag;
 
 /// The request.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -90,7 +90,7 @@ pub async fn search(
         .index
         .as_ref()
         .map_err(|why| ApiError::unavailable(why.clone()))?;
-    let hits = rag::retrieve(
+    let hits = answers::retrieve(
         state.storage.vectors.as_ref(),
         &state.embedder,
         index.version,
@@ -99,7 +99,8 @@ pub async fn search(
         request.filter.map(ChunkFilter::from).unwrap_or_default(),
     )
     .await
-    .map_err(ApiError::internal)?;
+    .map_err(ApiError::internal)?
+    .hits;
     let results = hits
         .into_iter()
         .map(|hit| SearchResult {

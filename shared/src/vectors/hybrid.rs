@@ -96,13 +96,35 @@ pub async fn search(
     query: &HybridQuery,
     fusion: &Fusion,
 ) -> Result<Vec<SearchHit>> {
+    Ok(search_scored(index, version, query, fusion).await?.hits)
+}
+
+/// Fused hits, and how close the closest chunk is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    /// The fused hits, best first (scores are RRF scores: ranks, not closeness).
+    pub hits: Vec<SearchHit>,
+    /// The dense similarity of the closest chunk (cosine for a cosine index), `None` when
+    /// nothing qualified. Unlike fused scores it says how relevant the best match is at all.
+    pub closest: Option<f32>,
+}
+
+/// [`search`], keeping the closest dense similarity (what abstention is decided on).
+pub async fn search_scored(
+    index: &dyn VectorIndex,
+    version: u64,
+    query: &HybridQuery,
+    fusion: &Fusion,
+) -> Result<Scored> {
     let candidates = query.limit.max(1) * fusion.candidates.max(1);
     let dense = SearchQuery {
         vector: QueryVector::Dense(query.dense.clone()),
         limit: candidates,
         filter: query.filter.clone(),
     };
-    let mut lists = vec![(fusion.dense_weight, index.search(version, &dense).await?)];
+    let dense_hits = index.search(version, &dense).await?;
+    let closest = dense_hits.iter().map(|hit| hit.score).reduce(f32::max);
+    let mut lists = vec![(fusion.dense_weight, dense_hits)];
     if !query.sparse.is_empty() && fusion.sparse_weight > 0.0 {
         let sparse = SearchQuery {
             vector: QueryVector::Sparse(query.sparse.clone()),
@@ -111,7 +133,10 @@ pub async fn search(
         };
         lists.push((fusion.sparse_weight, index.search(version, &sparse).await?));
     }
-    Ok(fuse(lists, fusion.k, query.limit))
+    Ok(Scored {
+        hits: fuse(lists, fusion.k, query.limit),
+        closest,
+    })
 }
 
 #[cfg(test)]

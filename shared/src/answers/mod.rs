@@ -1,0 +1,57 @@
+//! Answering from the notes: from a conversation to a grounded prompt, and back from the answer to
+//! the sources it cites.
+//!
+//! The service serves this path and `feature-pipeline eval answers` measures it, so both run this
+//! code and what is measured is what is served:
+//!
+//! 1. [`followup`]: the conversation becomes one standalone question (a follow-up is joined to the
+//!    question it follows);
+//! 2. [`retrieve`]: hybrid search for it, keeping how close the closest chunk is;
+//! 3. [`abstain`]: nothing close enough, and the answer is that the notes do not say;
+//! 4. [`prompt`]: instructions, numbered sources and the conversation, fitted into the window;
+//! 5. [`citations`]: which numbered sources the answer cites.
+
+pub mod abstain;
+pub mod citations;
+pub mod followup;
+pub mod prompt;
+
+use std::sync::Arc;
+
+use crate::embedding::{Embedder, EmbeddingError};
+use crate::vectors::hybrid::{self, Fusion, HybridQuery, Scored};
+use crate::vectors::{ChunkFilter, VectorIndex};
+
+/// Why retrieval failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RetrievalError {
+    /// The question could not be embedded.
+    #[error("embedding the question failed: {0}")]
+    Embedding(#[from] EmbeddingError),
+    /// The embedding thread stopped before answering.
+    #[error("the embedding thread stopped: {0}")]
+    Thread(String),
+    /// The index could not be searched.
+    #[error(transparent)]
+    Index(#[from] crate::Error),
+}
+
+/// Retrieves the best `top_k` chunks for `question` from index `version`, with the closest
+/// chunk's similarity (what [`abstain::should_abstain`] decides on).
+pub async fn retrieve(
+    index: &dyn VectorIndex,
+    embedder: &Arc<Embedder>,
+    version: u64,
+    question: &str,
+    top_k: usize,
+    filter: ChunkFilter,
+) -> Result<Scored, RetrievalError> {
+    let model = embedder.clone();
+    let text = question.to_string();
+    let embeddings = tokio::task::spawn_blocking(move || model.embed(&[text]))
+        .await
+        .map_err(|e| RetrievalError::Thread(e.to_string()))??;
+    let dense = embeddings.vectors.into_iter().next().unwrap_or_default();
+    let query = HybridQuery::new(question, dense, top_k, filter);
+    Ok(hybrid::search_scored(index, version, &query, &Fusion::default()).await?)
+}
