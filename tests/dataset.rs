@@ -297,3 +297,80 @@ async fn run_executes_the_configured_stages_and_a_second_run_skips_them() {
     let (ok, _, err) = stores.pipeline(&["run", "--config", &bad.display().to_string()]).await;
     assert!(!ok && err.contains("[filter]") && err.contains("min-qualty"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_judge_scores_the_uncertain_documents_once_and_filter_and_explore_use_its_scores() {
+    let stores = Stores::sqlite();
+    stores
+        .ok(&["extract", "files", &samples().join("notes").display().to_string()])
+        .await;
+    let judge = |band: &'static str| {
+        vec![
+            "score".to_string(),
+            "--judge".into(),
+            "--judge-band".into(),
+            band.into(),
+            "--teacher".into(),
+            "local".into(),
+            "--teacher-model-path".into(),
+            model(),
+        ]
+    };
+    // A band no heuristic score falls in: nothing is judged.
+    let (ok, out, err) = stores.pipeline_owned(judge("0,0.01")).await;
+    assert!(
+        ok && out.contains("judge (judge-v1/") && out.contains(": 0 documents"),
+        "{out}\n{err}"
+    );
+    // The whole scale: every document is asked about.
+    let (ok, out, err) = stores.pipeline_owned(judge("0,1")).await;
+    assert!(ok, "{out}\n{err}");
+    let documents = stores.documents().await;
+    let judged: Vec<_> = documents
+        .iter()
+        .filter_map(|d| d.quality.as_ref().filter(|q| q.scorer == "llm-judge").map(|q| (d, q)))
+        .collect();
+    assert!(!judged.is_empty(), "the local judge rated some notes: {out}");
+    for (document, quality) in &judged {
+        assert_eq!(quality.version, format!("judge-v1/{TEACHER_ID}"));
+        assert!(
+            [0.0, 0.25, 0.5, 0.75, 1.0].contains(&quality.score),
+            "{}",
+            quality.score
+        );
+        assert!(
+            quality.reason.as_deref().is_some_and(|r| !r.is_empty()),
+            "{}",
+            document.title
+        );
+    }
+    let registry = Registry::open_sqlite(&stores.home.path().join("registry.sqlite"))
+        .await
+        .unwrap();
+    let asked = registry.teacher_responses(TEACHER_ID).await.unwrap();
+    assert_eq!(asked, 6, "one question per note");
+
+    // A rerun asks nothing: every document is judged by this prompt and teacher already.
+    let (ok, out, _) = stores.pipeline_owned(judge("0,1")).await;
+    assert!(ok && out.contains(": 0 documents"), "{out}");
+    assert_eq!(registry.teacher_responses(TEACHER_ID).await.unwrap(), 6);
+
+    // filter uses the judge's score, and says so when it drops a document for it.
+    let threshold = judged.iter().map(|(_, q)| q.score).fold(0.0, f64::max) + 0.01;
+    let threshold = format!("{:.2}", threshold.min(1.0));
+    let (ok, out, err) = stores.pipeline(&["filter", "--min-quality", &threshold]).await;
+    assert!(
+        ok && err.contains("llm-judge: "),
+        "a drop names the judge and its reason: {out}\n{err}"
+    );
+    // explore shows both scores.
+    let out = stores.ok(&["explore"]).await;
+    assert!(out.contains("heuristic → judge"), "{out}");
+    let report = out
+        .lines()
+        .find_map(|l| l.strip_prefix("report: "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a report path");
+    let html = std::fs::read_to_string(report).unwrap();
+    assert!(html.contains("<h2>Judged documents</h2>"), "{report}");
+}

@@ -690,9 +690,23 @@ pub struct ExploreArgs {
 /// Options of `score`.
 #[derive(Debug, Args)]
 pub struct ScoreArgs {
-    /// Rescore every document, not only those without a score from the current heuristic version.
+    /// Rescore every document, not only those without a score from the current heuristic version
+    /// (the judge's scores are then asked again, from the teacher's cache where it has them).
     #[arg(long)]
     pub all: bool,
+
+    /// Also have the teacher judge the documents whose heuristic score is in the uncertain band:
+    /// a rating from 1 to 5 with a one-line reason, stored as their quality score.
+    #[arg(long)]
+    pub judge: bool,
+
+    /// The uncertain band of heuristic scores the judge is asked about: `low,high`.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.3, 0.7])]
+    pub judge_band: Vec<f64>,
+
+    /// The teacher that judges.
+    #[command(flatten)]
+    pub teacher: TeacherArgs,
 }
 
 /// Options of `filter`.

@@ -310,6 +310,23 @@ pub fn write(dir: &Path, exploration: &Exploration, run_id: &str) -> anyhow::Res
         exploration.scorers.iter().map(|(s, n)| vec![s.clone(), n.to_string()]),
     );
 
+    if !exploration.judged.is_empty() {
+        html.push_str("<h2>Judged documents</h2><p>The teacher's rating (0 to 1) is the score `filter` uses; the heuristic's is beside it.</p>");
+        table(
+            &mut html,
+            &["document", "heuristic", "judge", "scorer", "reason"],
+            exploration.judged.iter().map(|j| {
+                vec![
+                    j.title.clone(),
+                    format!("{:.2}", j.heuristic),
+                    format!("{:.2}", j.score),
+                    j.scorer.clone(),
+                    j.reason.clone(),
+                ]
+            }),
+        );
+    }
+
     html.push_str("<h2>Top domains (crawled pages)</h2>");
     table(
         &mut html,

@@ -61,6 +61,7 @@ async fn a_changed_document_is_updated_not_duplicated(store: &dyn DocumentStore)
         score: 0.8,
         scorer: "heuristic".into(),
         version: "1".into(),
+        reason: None,
     };
     store.set_quality(&id, &score).await.unwrap();
 
@@ -93,6 +94,7 @@ async fn documents_round_trip_every_field(store: &dyn DocumentStore) {
         score: 0.25,
         scorer: "heuristic".into(),
         version: "2".into(),
+        reason: Some("kept with the document, ünïcödé too".into()),
     });
     assert_eq!(store.upsert(with_score.clone()).await.unwrap(), UpsertOutcome::Inserted);
     let stored = store.get(&doc.id()).await.unwrap().expect("stored");
@@ -114,6 +116,7 @@ async fn quality_updates_touch_only_the_score(store: &dyn DocumentStore) {
         score: 0.9,
         scorer: "llm-judge".into(),
         version: "1".into(),
+        reason: Some("Specific, well-organised notes.".into()),
     };
     store.set_quality(&id, &score).await.unwrap();
     let after = store.get(&id).await.unwrap().expect("stored");

@@ -102,6 +102,15 @@ fn print_summary(exploration: &explore::Exploration) {
             p.min, p.p10, p.p50, p.p90, p.max, exploration.unscored
         );
     }
+    if !exploration.judged.is_empty() {
+        println!("judged ({} documents; heuristic → judge):", exploration.judged.len());
+        for judged in exploration.judged.iter().take(20) {
+            println!(
+                "  - {}: {:.2} → {:.2} ({})",
+                judged.title, judged.heuristic, judged.score, judged.reason
+            );
+        }
+    }
     if !exploration.top_domains.is_empty() {
         let top: Vec<String> = exploration
             .top_domains

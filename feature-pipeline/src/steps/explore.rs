@@ -38,6 +38,8 @@ pub struct Exploration {
     pub unscored: u64,
     /// Scorers seen, with counts (`heuristic v1`, …).
     pub scorers: BTreeMap<String, u64>,
+    /// Documents another scorer (the judge) scored, with the heuristic's score beside it.
+    pub judged: Vec<JudgedDocument>,
     /// Web domains of crawled pages, most documents first.
     pub top_domains: Vec<(String, u64)>,
     /// Detected languages, most documents first.
@@ -48,6 +50,21 @@ pub struct Exploration {
     pub crawled_ok: u64,
     /// The run whose crawl report this is.
     pub crawl_run: Option<String>,
+}
+
+/// A document scored by the judge, beside what the heuristic says.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JudgedDocument {
+    /// Its title.
+    pub title: String,
+    /// The heuristic's score.
+    pub heuristic: f64,
+    /// The stored (judge's) score.
+    pub score: f64,
+    /// Who scored it: `llm-judge v…`.
+    pub scorer: String,
+    /// The judge's reason.
+    pub reason: String,
 }
 
 /// Summary numbers of a distribution.
@@ -127,6 +144,7 @@ impl Exploration {
             "quality": percentiles(&self.quality),
             "unscored": self.unscored,
             "scorers": self.scorers,
+            "judged": self.judged.len(),
             "top_domains": self.top_domains.iter().take(10).collect::<Vec<_>>(),
             "languages": self.languages.iter().take(10).collect::<Vec<_>>(),
             "crawl": {
@@ -165,6 +183,15 @@ pub async fn run(
         match &document.quality {
             Some(q) => {
                 exploration.quality.push(q.score);
+                if q.scorer != score::SCORER {
+                    exploration.judged.push(JudgedDocument {
+                        title: document.title.clone(),
+                        heuristic: signals.score,
+                        score: q.score,
+                        scorer: format!("{} v{}", q.scorer, q.version),
+                        reason: q.reason.clone().unwrap_or_default(),
+                    });
+                }
                 *exploration
                     .scorers
                     .entry(format!("{} v{}", q.scorer, q.version))

@@ -114,10 +114,21 @@ pub async fn run(store: &dyn DocumentStore, args: &FilterArgs, progress: &Progre
         progress.inc(1);
         input.push_str(&document.id);
         input.push_str(&document.content_hash);
+        // A new score (the judge's) changes what is kept, so it is part of the input.
+        if let Some(q) = &document.quality {
+            input.push_str(&format!("{}{}{}", q.score, q.scorer, q.version));
+        }
         let words = word_count(&document.content);
-        let quality = match &document.quality {
-            Some(q) => q.score,
-            None => score::score(&document.title, &document.content).score,
+        let (quality, why) = match &document.quality {
+            Some(q) => (
+                q.score,
+                q.reason
+                    .as_ref()
+                    .filter(|_| q.scorer != score::SCORER)
+                    .map(|reason| format!(" ({}: {reason})", q.scorer))
+                    .unwrap_or_default(),
+            ),
+            None => (score::score(&document.title, &document.content).score, String::new()),
         };
         let drop = |reason, detail: String| Dropped {
             id: document.id.clone(),
@@ -136,7 +147,7 @@ pub async fn run(store: &dyn DocumentStore, args: &FilterArgs, progress: &Progre
         } else if quality < args.min_quality {
             dropped.push(drop(
                 DropReason::LowQuality,
-                format!("quality {quality:.3} < {}", args.min_quality),
+                format!("quality {quality:.3} < {}{why}", args.min_quality),
             ));
         } else {
             candidates.push(Candidate {

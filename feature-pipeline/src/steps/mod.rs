@@ -10,6 +10,7 @@ pub mod explore;
 pub mod extract;
 pub mod filter;
 pub mod index;
+pub mod judge;
 pub mod model_eval;
 pub mod publish;
 pub mod quality;

@@ -56,6 +56,7 @@ impl Signals {
             score: self.score,
             scorer: SCORER.to_string(),
             version: VERSION.to_string(),
+            reason: None,
         }
     }
 }

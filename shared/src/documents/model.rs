@@ -62,6 +62,9 @@ pub struct QualityScore {
     pub scorer: String,
     /// The scorer's version: scores from different versions are not comparable.
     pub version: String,
+    /// Why, when the scorer says (the LLM judge gives a one-line reason; the heuristic does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A document as extract hands it to the store: no id bookkeeping or timestamps yet.

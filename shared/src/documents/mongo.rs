@@ -123,6 +123,7 @@ fn bson_to_document(row: &BsonDocument) -> Result<Document> {
             score: q.get_f64("score").map_err(|e| corrupt("quality.score", e))?,
             scorer: q.get_str("scorer").unwrap_or_default().to_string(),
             version: q.get_str("version").unwrap_or_default().to_string(),
+            reason: q.get_str("reason").ok().map(str::to_string),
         }),
         Err(_) => None,
     };
@@ -141,7 +142,11 @@ fn bson_to_document(row: &BsonDocument) -> Result<Document> {
 }
 
 fn quality_bson(score: &QualityScore) -> BsonDocument {
-    doc! { "score": score.score, "scorer": &score.scorer, "version": &score.version }
+    let mut quality = doc! { "score": score.score, "scorer": &score.scorer, "version": &score.version };
+    if let Some(reason) = &score.reason {
+        quality.insert("reason", reason);
+    }
+    quality
 }
 
 #[async_trait]

@@ -100,6 +100,7 @@ fn row_to_document(row: &SqliteRow) -> Result<Document> {
                 .try_get::<Option<String>, _>("quality_version")
                 .map_err(backend)?
                 .unwrap_or_default(),
+            reason: row.try_get::<Option<String>, _>("quality_reason").map_err(backend)?,
         }),
         None => None,
     };
@@ -131,16 +132,23 @@ async fn upsert_in(tx: &mut sqlx::SqliteConnection, document: &NewDocument) -> R
         return Ok(UpsertOutcome::Unchanged);
     }
     let ts = millis(&now());
-    let (score, scorer, version) = match &document.quality {
-        Some(q) => (Some(q.score), Some(q.scorer.as_str()), Some(q.version.as_str())),
-        None => (None, None, None),
+    let (score, scorer, version, reason) = match &document.quality {
+        Some(q) => (
+            Some(q.score),
+            Some(q.scorer.as_str()),
+            Some(q.version.as_str()),
+            q.reason.as_deref(),
+        ),
+        None => (None, None, None, None),
     };
     let sql = if stored.is_some() {
         "UPDATE documents SET source = ?2, url = ?3, title = ?4, content = ?5, metadata = ?6, content_hash = ?7, \
-         quality_score = ?8, quality_scorer = ?9, quality_version = ?10, updated_at = ?11 WHERE id = ?1"
+         quality_score = ?8, quality_scorer = ?9, quality_version = ?10, updated_at = ?11, quality_reason = ?12 \
+         WHERE id = ?1"
     } else {
         "INSERT INTO documents (id, source, url, title, content, metadata, content_hash, quality_score, \
-         quality_scorer, quality_version, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)"
+         quality_scorer, quality_version, created_at, updated_at, quality_reason) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)"
     };
     sqlx::query(sql)
         .bind(&id)
@@ -154,6 +162,7 @@ async fn upsert_in(tx: &mut sqlx::SqliteConnection, document: &NewDocument) -> R
         .bind(scorer)
         .bind(version)
         .bind(ts)
+        .bind(reason)
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
@@ -232,15 +241,18 @@ impl DocumentStore for SqliteDocumentStore {
     }
 
     async fn set_quality(&self, id: &str, score: &QualityScore) -> Result<()> {
-        let done =
-            sqlx::query("UPDATE documents SET quality_score = ?, quality_scorer = ?, quality_version = ? WHERE id = ?")
-                .bind(score.score)
-                .bind(&score.scorer)
-                .bind(&score.version)
-                .bind(id)
-                .execute(&self.pool)
-                .await
-                .map_err(backend)?;
+        let done = sqlx::query(
+            "UPDATE documents SET quality_score = ?, quality_scorer = ?, quality_version = ?, quality_reason = ? \
+                 WHERE id = ?",
+        )
+        .bind(score.score)
+        .bind(&score.scorer)
+        .bind(&score.version)
+        .bind(&score.reason)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
         if done.rows_affected() == 0 {
             return Err(Error::not_found(format!("document {id}")));
         }
