@@ -1,20 +1,13 @@
 //! Prometheus metrics, named by its conventions (`engram_` prefix, base units, `_total` counters).
 //!
-//! Request counts and durations are recorded by a middleware around every route; the chat handler
-//! adds time to first token and token counts; queue depth and what is served (model and index
-//! versions, as info gauges) are read at scrape time, so they are never stale.
+//! Request counts and durations are recorded by a middleware around every route
+//! (`http/metrics.rs`); the chat handler adds time to first token, token counts and abstentions;
+//! queue depth and what is served (model and index versions, as info gauges) are read at scrape
+//! time, so they are never stale. This module knows nothing of HTTP: the routes call it.
 
-use std::time::Instant;
-
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-use crate::http::AppState;
 
 /// The service's metrics.
 pub struct Metrics {
@@ -109,51 +102,29 @@ impl Metrics {
     }
 }
 
-/// Middleware: counts and times every request by its route template.
-pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = request.method().to_string();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let metrics = &state.metrics;
-    metrics
-        .requests
-        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
-        .inc();
-    metrics
-        .duration
-        .with_label_values(&[route.as_str()])
-        .observe(started.elapsed().as_secs_f64());
-    response
-}
+impl Metrics {
+    /// Counts and times one answered request.
+    pub fn record_request(&self, route: &str, method: &str, status: &str, seconds: f64) {
+        self.requests.with_label_values(&[route, method, status]).inc();
+        self.duration.with_label_values(&[route]).observe(seconds);
+    }
 
-/// `GET /metrics`: the text exposition format.
-pub async fn scrape(State(state): State<AppState>) -> Response {
-    let metrics = &state.metrics;
-    metrics.queue_depth.set(state.engine.queue_depth() as i64);
-    let served = state.snapshot();
-    metrics.model_info.reset();
-    if let Ok(model) = &served.model {
-        let version = model.version.map_or("file".to_string(), |v| v.to_string());
-        metrics
-            .model_info
-            .with_label_values(&[model.id.as_str(), version.as_str()])
-            .set(1);
+    /// The text exposition of every metric, with the gauges read now: the queue's depth, the
+    /// model served (`(id, version)`) and the index served (`(version, embedding model)`).
+    pub fn render(&self, queue_depth: usize, model: Option<(&str, &str)>, index: Option<(&str, &str)>) -> Vec<u8> {
+        self.queue_depth.set(queue_depth as i64);
+        self.model_info.reset();
+        if let Some((id, version)) = model {
+            self.model_info.with_label_values(&[id, version]).set(1);
+        }
+        self.index_info.reset();
+        if let Some((version, embedding_model)) = index {
+            self.index_info.with_label_values(&[version, embedding_model]).set(1);
+        }
+        let mut body = Vec::new();
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut body) {
+            tracing::error!("cannot encode metrics: {err}");
+        }
+        body
     }
-    metrics.index_info.reset();
-    if let Ok(index) = &served.index {
-        let version = index.version.to_string();
-        metrics
-            .index_info
-            .with_label_values(&[version.as_str(), index.manifest.embedding_model.as_str()])
-            .set(1);
-    }
-    let mut body = Vec::new();
-    if let Err(err) = TextEncoder::new().encode(&metrics.registry.gather(), &mut body) {
-        tracing::error!("cannot encode metrics: {err}");
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod error;
 pub mod health;
 pub mod json;
+pub mod metrics;
 pub mod openapi;
 pub mod search;
 
@@ -19,7 +20,7 @@ use engram_shared::storage::Storage;
 use tower_http::cors::CorsLayer;
 
 use crate::engine::Engine;
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::state::Served;
 
 /// What every handler shares.
