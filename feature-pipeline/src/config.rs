@@ -20,6 +20,10 @@ pub struct Config {
     #[arg(long, env = "ENGRAM_LOG", default_value = "info,qdrant_edge=error", global = true)]
     pub log: String,
 
+    /// Log lines as `text` (coloured only on a terminal) or `json` (one object per line).
+    #[arg(long, env = "ENGRAM_LOG_FORMAT", value_enum, default_value_t, global = true)]
+    pub log_format: engram_shared::logging::LogFormat,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

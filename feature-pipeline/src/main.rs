@@ -19,7 +19,7 @@ use crate::config::{Command, Config};
 
 fn main() -> std::process::ExitCode {
     let config: Config = engram_shared::config::parse_args();
-    init_logging(&config.log);
+    engram_shared::logging::init(&config.log, config.log_format);
     limit_model_threads(&config.command);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -71,12 +71,4 @@ async fn run(config: Config) -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -97,6 +97,11 @@ pub struct Config {
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "ENGRAM_LOG", default_value = "info,qdrant_edge=error")]
     pub log: String,
+
+    /// Log lines as `text` (coloured only on a terminal) or `json` (one object per line, each with
+    /// its request's id).
+    #[arg(long, env = "ENGRAM_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: engram_shared::logging::LogFormat,
 }
 
 fn relevance(text: &str) -> Result<f32, String> {

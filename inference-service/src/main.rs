@@ -27,11 +27,7 @@ use crate::state::Served;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config: Config = engram_shared::config::parse_args();
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    engram_shared::logging::init(&config.log, config.log_format);
     let result = if config.check {
         check(&config).await
     } else {

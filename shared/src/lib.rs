@@ -26,6 +26,7 @@ pub mod embedding;
 pub mod error;
 pub mod generation;
 pub mod hashing;
+pub mod logging;
 pub mod registry;
 pub mod staged_dir;
 pub mod storage;

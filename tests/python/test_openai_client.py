@@ -336,3 +336,28 @@ def test_a_promotion_and_a_rebuild_are_picked_up_without_failed_requests(service
     )
     assert after.model.endswith("-v2"), after.model
     assert after.model_extra["sources"][0]["title"] == EXPECTED_TITLE
+
+
+def test_json_logs_carry_the_request_id_and_no_colour_codes(corpus):
+    env, _ = corpus
+    server = Service({**env, "ENGRAM_LOG": "info,qdrant_edge=error", "ENGRAM_LOG_FORMAT": "json"})
+    try:
+        request = urllib.request.Request(
+            f"{server.base}/v1/chat/completions",
+            data=json.dumps({"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 4}).encode(),
+            headers={"content-type": "application/json", "x-request-id": "test-req-42"},
+        )
+        with urllib.request.urlopen(request, timeout=300) as response:
+            assert response.headers["x-request-id"] == "test-req-42", "the client's id comes back"
+            json.load(response)
+        with urllib.request.urlopen(f"{server.base}/healthz", timeout=10) as response:
+            made = response.headers["x-request-id"]
+            assert made and made != "test-req-42", "a request without an id gets one"
+    finally:
+        assert server.stop() == 0
+    output = server.process.stderr.read()
+    assert "\x1b[" not in output, "no terminal colour codes in a pipe"
+    lines = [json.loads(line) for line in output.splitlines() if line.strip()]
+    assert lines, "the service logged"
+    tagged = [line for line in lines if any(span.get("request_id") == "test-req-42" for span in line.get("spans", []))]
+    assert any("chat completion" in line["fields"].get("message", "") for line in tagged), tagged

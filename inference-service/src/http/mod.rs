@@ -8,6 +8,7 @@ pub mod health;
 pub mod json;
 pub mod metrics;
 pub mod openapi;
+pub mod request_id;
 pub mod search;
 
 use std::sync::{Arc, RwLock};
@@ -93,6 +94,7 @@ pub fn router(state: AppState, keys: Option<Arc<auth::KeyRing>>, cors: CorsLayer
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(cors)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(request_id::tag))
         .with_state(state)
 }
 

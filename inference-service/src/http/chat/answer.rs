@@ -13,6 +13,7 @@ use engram_shared::answers::abstain;
 use engram_shared::generation::{self, Completion, FinishReason, Timings};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
 
 use super::types::{
     AssistantMessage, ChatCompletion, ChatCompletionChunk, Choice, ChunkChoice, Delta, Finish, RetrievalReport, Usage,
@@ -163,74 +164,78 @@ impl Answer {
             timeout,
             mut watch,
         } = self;
-        tokio::spawn(async move {
-            let send = |value: &ChatCompletionChunk| {
-                SseEvent::default().data(serde_json::to_string(value).unwrap_or_default())
-            };
-            let text = |content: Option<String>| Delta { role: None, content };
-            let mut first = header.chunk(
-                Delta {
-                    role: Some("assistant"),
-                    content: Some(String::new()),
-                },
-                None,
-            );
-            first.sources = Some(sources.clone());
-            first.retrieval = Some(retrieval);
-            if out.send(Ok(send(&first))).await.is_err() {
-                return;
-            }
-            let forwarded = tokio::time::timeout(timeout, async {
-                while let Some(event) = events.recv().await {
-                    match event {
-                        Event::Text(piece) => {
-                            watch.text();
-                            if out
-                                .send(Ok(send(&header.chunk(text(Some(piece)), None))))
-                                .await
-                                .is_err()
-                            {
-                                return None; // the client left: dropping `events` stops the model
+        // The stream outlives the handler: it keeps the request's span (and id) for its logs.
+        tokio::spawn(
+            async move {
+                let send = |value: &ChatCompletionChunk| {
+                    SseEvent::default().data(serde_json::to_string(value).unwrap_or_default())
+                };
+                let text = |content: Option<String>| Delta { role: None, content };
+                let mut first = header.chunk(
+                    Delta {
+                        role: Some("assistant"),
+                        content: Some(String::new()),
+                    },
+                    None,
+                );
+                first.sources = Some(sources.clone());
+                first.retrieval = Some(retrieval);
+                if out.send(Ok(send(&first))).await.is_err() {
+                    return;
+                }
+                let forwarded = tokio::time::timeout(timeout, async {
+                    while let Some(event) = events.recv().await {
+                        match event {
+                            Event::Text(piece) => {
+                                watch.text();
+                                if out
+                                    .send(Ok(send(&header.chunk(text(Some(piece)), None))))
+                                    .await
+                                    .is_err()
+                                {
+                                    return None; // the client left: dropping `events` stops the model
+                                }
                             }
+                            Event::Done(completion) => {
+                                watch.done(&completion);
+                                return Some(Ok(completion));
+                            }
+                            Event::Failed(why) => return Some(Err(why)),
                         }
-                        Event::Done(completion) => {
-                            watch.done(&completion);
-                            return Some(Ok(completion));
+                    }
+                    Some(Err("the model thread ended without an answer".to_string()))
+                })
+                .await;
+                let failure = match forwarded {
+                    Ok(Some(Ok(completion))) => {
+                        let mut last = header.chunk(text(None), Some(completion.finish_reason.into()));
+                        rag::mark_cited(&mut sources, &completion.text);
+                        last.sources = Some(sources);
+                        let _ = out.send(Ok(send(&last))).await;
+                        if include_usage {
+                            let mut usage = header.chunk(text(None), None);
+                            usage.choices.clear();
+                            usage.usage = Some(Usage::from(&completion));
+                            let _ = out.send(Ok(send(&usage))).await;
                         }
-                        Event::Failed(why) => return Some(Err(why)),
+                        None
                     }
+                    Ok(Some(Err(why))) => Some(why),
+                    Ok(None) => return,
+                    Err(_) => Some(format!(
+                        "no answer within {} s (ENGRAM_REQUEST_TIMEOUT_SECS)",
+                        timeout.as_secs()
+                    )),
+                };
+                if let Some(why) = failure {
+                    let error = ErrorResponse::new(why, "server_error", None);
+                    let data = serde_json::to_string(&error).unwrap_or_default();
+                    let _ = out.send(Ok(SseEvent::default().data(data))).await;
                 }
-                Some(Err("the model thread ended without an answer".to_string()))
-            })
-            .await;
-            let failure = match forwarded {
-                Ok(Some(Ok(completion))) => {
-                    let mut last = header.chunk(text(None), Some(completion.finish_reason.into()));
-                    rag::mark_cited(&mut sources, &completion.text);
-                    last.sources = Some(sources);
-                    let _ = out.send(Ok(send(&last))).await;
-                    if include_usage {
-                        let mut usage = header.chunk(text(None), None);
-                        usage.choices.clear();
-                        usage.usage = Some(Usage::from(&completion));
-                        let _ = out.send(Ok(send(&usage))).await;
-                    }
-                    None
-                }
-                Ok(Some(Err(why))) => Some(why),
-                Ok(None) => return,
-                Err(_) => Some(format!(
-                    "no answer within {} s (ENGRAM_REQUEST_TIMEOUT_SECS)",
-                    timeout.as_secs()
-                )),
-            };
-            if let Some(why) = failure {
-                let error = ErrorResponse::new(why, "server_error", None);
-                let data = serde_json::to_string(&error).unwrap_or_default();
-                let _ = out.send(Ok(SseEvent::default().data(data))).await;
+                let _ = out.send(Ok(SseEvent::default().data("[DONE]"))).await;
             }
-            let _ = out.send(Ok(SseEvent::default().data("[DONE]"))).await;
-        });
+            .in_current_span(),
+        );
         Sse::new(ReceiverStream::new(lines)).keep_alive(KeepAlive::default())
     }
 }
