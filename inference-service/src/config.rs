@@ -35,6 +35,10 @@ pub struct Config {
     #[arg(long, env = "ENGRAM_MAX_QUEUE", default_value_t = 16)]
     pub max_queue: usize,
 
+    /// `/v1/search` requests served at once; more get a 429 with `Retry-After`.
+    #[arg(long, env = "ENGRAM_MAX_SEARCHES", default_value_t = 8)]
+    pub max_searches: usize,
+
     /// Most completion tokens per request (a request's max_tokens is capped here).
     #[arg(long, env = "ENGRAM_MAX_COMPLETION_TOKENS", default_value_t = 512)]
     pub max_completion_tokens: usize,

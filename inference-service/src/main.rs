@@ -118,6 +118,7 @@ async fn serve(config: &Config) -> Result<()> {
         served: Arc::new(RwLock::new(Arc::new(served))),
         top_k: config.top_k,
         min_relevance: config.min_relevance,
+        searches: Arc::new(tokio::sync::Semaphore::new(config.max_searches.max(1))),
         limits: http::Limits {
             max_completion_tokens: config.max_completion_tokens,
             max_prompt_tokens: config.max_prompt_tokens,

@@ -55,6 +55,14 @@ impl ApiError {
         }
     }
 
+    /// A 429 for searches: every search place is taken.
+    pub fn searches_busy() -> Self {
+        Self {
+            message: "too many searches at once (ENGRAM_MAX_SEARCHES): retry shortly".into(),
+            ..Self::busy()
+        }
+    }
+
     /// A 503: not ready to serve this (no model, no index).
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self {

@@ -39,6 +39,8 @@ pub struct AppState {
     pub top_k: usize,
     /// Default closeness below which the service abstains.
     pub min_relevance: f32,
+    /// Places for `/v1/search` requests running at once.
+    pub searches: Arc<tokio::sync::Semaphore>,
     /// Per-request limits.
     pub limits: Limits,
     /// Prometheus metrics.

@@ -71,6 +71,7 @@ pub struct SearchResponse {
         (status = 401, description = "A key is required (ENGRAM_API_KEYS is set) and none or a wrong one was sent", body = ErrorResponse),
         (status = 413, description = "The body is larger than ENGRAM_MAX_BODY_BYTES", body = ErrorResponse),
         (status = 415, description = "The body is not declared as JSON", body = ErrorResponse),
+        (status = 429, description = "Too many searches at once (ENGRAM_MAX_SEARCHES): retry after `Retry-After` seconds", body = ErrorResponse),
         (status = 503, description = "No index is live yet (see /readyz)", body = ErrorResponse),
     )
 )]
@@ -85,6 +86,12 @@ pub async fn search(
     if !(1..=100).contains(&top_k) {
         return Err(ApiError::invalid("top_k", "top_k is between 1 and 100"));
     }
+    // Searches have their own bound, apart from the engine's: they embed and search, no generation.
+    let _place = state
+        .searches
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::searches_busy())?;
     let served = state.snapshot();
     let index = served
         .index

@@ -123,6 +123,7 @@ impl Answer {
                         return Ok(completion);
                     }
                     Event::Failed(why) => return Err(ApiError::invalid("messages", why)),
+                    Event::Crashed(why) => return Err(ApiError::internal(why)),
                 }
             }
             Err(ApiError::internal("the model thread ended without an answer"))
@@ -200,7 +201,7 @@ impl Answer {
                                 watch.done(&completion);
                                 return Some(Ok(completion));
                             }
-                            Event::Failed(why) => return Some(Err(why)),
+                            Event::Failed(why) | Event::Crashed(why) => return Some(Err(why)),
                         }
                     }
                     Some(Err("the model thread ended without an answer".to_string()))

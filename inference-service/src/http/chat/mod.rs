@@ -61,6 +61,8 @@ pub async fn completions(
     let started = Instant::now();
     tracing::info!(model = ?request.model, user = ?request.user, stream = request.stream, "chat completion");
     let (conversation, params) = validate(&request, state.limits.max_completion_tokens)?;
+    // A place in the engine first: when it is full the answer is 429 before any work is done.
+    let admission = state.engine.admit().map_err(refused)?;
     let served = state.snapshot();
     let model = served
         .model
@@ -132,15 +134,13 @@ pub async fn completions(
         state
             .engine
             .submit(Job {
+                admission,
                 generator: model.generator.clone(),
                 messages: fitted.messages,
                 params,
                 events: events_tx,
             })
-            .map_err(|refused| match refused {
-                Refused::Busy => ApiError::busy(),
-                Refused::Stopped => ApiError::unavailable("the service is shutting down"),
-            })?;
+            .map_err(refused)?;
         rag::source_refs(&hits, fitted.sources)
     };
     let answer = Answer {
@@ -164,6 +164,13 @@ pub async fn completions(
         Ok(answer.stream(events, include_usage).into_response())
     } else {
         answer.whole(events).await.map(IntoResponse::into_response)
+    }
+}
+
+fn refused(why: Refused) -> ApiError {
+    match why {
+        Refused::Busy => ApiError::busy(),
+        Refused::Stopped => ApiError::unavailable("the service is shutting down"),
     }
 }
 
