@@ -57,6 +57,8 @@ pub struct Job {
     pub params: GenerationParams,
     /// Where the events go.
     pub events: async_mpsc::Sender<Event>,
+    /// The request's span (its id): the model thread logs inside it.
+    pub span: tracing::Span,
 }
 
 /// What a job reports.
@@ -111,6 +113,8 @@ impl Engine {
                         };
                         waiting.fetch_sub(1, Ordering::SeqCst);
                         let events = job.events.clone();
+                        let span = job.span.clone();
+                        let _entered = span.enter();
                         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| run(job))) {
                             let why = panic
                                 .downcast_ref::<&str>()
@@ -172,6 +176,7 @@ fn run(job: Job) {
         messages,
         params,
         events,
+        span: _,
     } = job;
     run_generation(&*generator, &messages, &params, events);
     drop(admission); // the place is free once the answer is out
@@ -193,7 +198,15 @@ fn run_generation(
         }
     });
     let last = match result {
-        Ok(completion) => Event::Done(completion),
+        Ok(completion) => {
+            tracing::info!(
+                prompt_tokens = completion.usage.prompt_tokens,
+                completion_tokens = completion.usage.completion_tokens,
+                finish = ?completion.finish_reason,
+                "generated"
+            );
+            Event::Done(completion)
+        }
         // The first line: errors from the model carry a backtrace that is no business of the client.
         Err(err) => Event::Failed(
             err.to_string()
@@ -247,6 +260,7 @@ mod tests {
                 messages: vec![ChatMessage::new(engram_shared::generation::Role::User, question)],
                 params: GenerationParams::default(),
                 events,
+                span: tracing::Span::none(),
             })
             .expect("queued");
         let mut all = Vec::new();

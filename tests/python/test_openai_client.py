@@ -360,4 +360,6 @@ def test_json_logs_carry_the_request_id_and_no_colour_codes(corpus):
     lines = [json.loads(line) for line in output.splitlines() if line.strip()]
     assert lines, "the service logged"
     tagged = [line for line in lines if any(span.get("request_id") == "test-req-42" for span in line.get("spans", []))]
-    assert any("chat completion" in line["fields"].get("message", "") for line in tagged), tagged
+    messages = [line["fields"].get("message", "") for line in tagged]
+    assert "chat completion" in messages, messages
+    assert "generated" in messages, f"the model thread logs in the request's span: {messages}"

@@ -139,6 +139,7 @@ pub async fn completions(
                 messages: fitted.messages,
                 params,
                 events: events_tx,
+                span: tracing::Span::current(),
             })
             .map_err(refused)?;
         rag::source_refs(&hits, fitted.sources)
