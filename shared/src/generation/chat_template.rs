@@ -16,6 +16,37 @@ pub const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + messag
 /// loops for ever (or nearly) stops with an error instead of holding a model thread.
 const FUEL: u64 = 2_000_000;
 
+/// Most bytes a rendering may write beyond [`OUTPUT_PER_INPUT_BYTE`] per byte of the messages: room
+/// for a long default system prompt.
+const OUTPUT_ALLOWANCE: usize = 1 << 20;
+
+/// A template writes each message once or twice and some markup around it; one that writes far
+/// more than its input (a loop printing a message thousands of times) is stopped when it passes
+/// this many bytes per byte of the messages, plus [`OUTPUT_ALLOWANCE`], before it fills memory.
+const OUTPUT_PER_INPUT_BYTE: usize = 4;
+
+/// Where a rendering writes: refuses to grow past its limit.
+struct Bounded {
+    out: Vec<u8>,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > self.limit {
+            self.overflowed = true;
+            return Err(std::io::Error::other("the chat template's output is over its limit"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A compiled chat template.
 #[derive(Debug)]
 pub struct ChatTemplate {
@@ -43,9 +74,31 @@ impl ChatTemplate {
             .env
             .get_template("chat")
             .map_err(|e| GenerationError::Format(e.to_string()))?;
+        let input: usize = messages.iter().map(|m| m.content.len() + 16).sum();
+        let mut output = Bounded {
+            out: Vec::new(),
+            limit: input
+                .saturating_mul(OUTPUT_PER_INPUT_BYTE)
+                .saturating_add(OUTPUT_ALLOWANCE),
+            overflowed: false,
+        };
         template
-            .render(context! { messages => minijinja::Value::from(minijinja::value::Serde(messages)), add_generation_prompt => true, bos_token => "", eos_token => "" })
-            .map_err(|e| GenerationError::Request(format!("the chat template refused these messages: {e}")))
+            .render_captured_to(
+                context! { messages => minijinja::Value::from(minijinja::value::Serde(messages)), add_generation_prompt => true, bos_token => "", eos_token => "" },
+                &mut output,
+            )
+            .map_err(|e| {
+                if output.overflowed {
+                    GenerationError::Format(format!(
+                        "the model's chat template wrote more than {} bytes for {input} bytes of messages: the template is broken or hostile; serve a model with a sound template",
+                        output.limit
+                    ))
+                } else {
+                    GenerationError::Request(format!("the chat template refused these messages: {e}"))
+                }
+            })?;
+        String::from_utf8(output.out)
+            .map_err(|e| GenerationError::Format(format!("the chat template wrote invalid UTF-8: {e}")))
     }
 }
 
@@ -76,5 +129,19 @@ mod tests {
                 .unwrap();
         let err = endless.render(&[ChatMessage::new(Role::User, "Hi")]).unwrap_err();
         assert!(err.to_string().contains("fuel"), "{err}");
+    }
+
+    #[test]
+    fn a_template_that_writes_far_more_than_its_messages_is_stopped() {
+        let flood = ChatTemplate::new(
+            "{% for i in range(1000) %}{% for j in range(1000) %}{{ messages[0]['content'] }}{% endfor %}{% endfor %}",
+        )
+        .unwrap();
+        let message = ChatMessage::new(Role::User, "x".repeat(1000));
+        let err = flood.render(std::slice::from_ref(&message)).unwrap_err();
+        assert!(err.to_string().contains("wrote more than"), "{err}");
+        // A template writing each message a few times is fine.
+        let twice = ChatTemplate::new("{{ messages[0]['content'] }}{{ messages[0]['content'] }}").unwrap();
+        assert_eq!(twice.render(&[message]).unwrap().len(), 2000);
     }
 }
