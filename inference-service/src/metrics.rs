@@ -6,7 +6,8 @@
 //! time, so they are never stale. This module knows nothing of HTTP: the routes call it.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The service's metrics.
@@ -16,6 +17,8 @@ pub struct Metrics {
     duration: HistogramVec,
     /// Seconds from a chat request's arrival to its first generated text.
     pub time_to_first_token: HistogramVec,
+    /// Seconds between two pieces of one answer's text.
+    pub inter_token_latency: Histogram,
     /// Prompt tokens processed.
     pub prompt_tokens: IntCounter,
     /// Completion tokens generated.
@@ -54,6 +57,13 @@ impl Metrics {
             .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]),
             &["stream"],
         )?;
+        let inter_token_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "engram_inter_token_latency_seconds",
+                "Time between two pieces of one answer's generated text",
+            )
+            .buckets(vec![0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56]),
+        )?;
         let prompt_tokens = IntCounter::new("engram_prompt_tokens_total", "Prompt tokens processed")?;
         let completion_tokens = IntCounter::new("engram_completion_tokens_total", "Completion tokens generated")?;
         let auth_failures = IntCounterVec::new(
@@ -79,6 +89,7 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(time_to_first_token.clone()))?;
+        registry.register(Box::new(inter_token_latency.clone()))?;
         registry.register(Box::new(prompt_tokens.clone()))?;
         registry.register(Box::new(completion_tokens.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
@@ -91,6 +102,7 @@ impl Metrics {
             requests,
             duration,
             time_to_first_token,
+            inter_token_latency,
             prompt_tokens,
             completion_tokens,
             auth_failures,

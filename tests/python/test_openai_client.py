@@ -184,6 +184,7 @@ def test_metrics_count_requests_tokens_and_time_to_first_token(service):
     assert value('engram_http_requests_total{method="POST",route="/v1/chat/completions",status="200"}') >= 2
     assert value('engram_http_requests_total{method="POST",route="/v1/chat/completions",status="400"}') >= 1
     assert value("engram_time_to_first_token_seconds_count") >= 2
+    assert value("engram_inter_token_latency_seconds_count") >= 1, "answers of several pieces time the gaps"
     assert value("engram_completion_tokens_total") > 0
     assert value("engram_model_info{") == 1
     assert value("engram_index_info{") == 1

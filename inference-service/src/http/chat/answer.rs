@@ -47,24 +47,33 @@ pub(super) fn abstention(events: &mpsc::Sender<Event>) {
     }));
 }
 
-/// Records a generation's time to first token and token counts.
+/// Records a generation's time to first token, the time between its pieces of text, and its
+/// token counts.
 pub(super) struct Watch {
     pub(super) metrics: Arc<Metrics>,
     pub(super) started: Instant,
     pub(super) stream: bool,
-    pub(super) first: bool,
+    /// When the last piece of text arrived (none yet: the next is the first).
+    pub(super) last: Option<Instant>,
 }
 
 impl Watch {
     fn text(&mut self) {
-        if !self.first {
-            self.first = true;
-            let label = if self.stream { "true" } else { "false" };
-            self.metrics
-                .time_to_first_token
-                .with_label_values(&[label])
-                .observe(self.started.elapsed().as_secs_f64());
+        let now = Instant::now();
+        match self.last {
+            None => {
+                let label = if self.stream { "true" } else { "false" };
+                self.metrics
+                    .time_to_first_token
+                    .with_label_values(&[label])
+                    .observe(now.duration_since(self.started).as_secs_f64());
+            }
+            Some(last) => self
+                .metrics
+                .inter_token_latency
+                .observe(now.duration_since(last).as_secs_f64()),
         }
+        self.last = Some(now);
     }
 
     fn done(&self, completion: &Completion) {

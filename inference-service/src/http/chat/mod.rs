@@ -157,7 +157,7 @@ pub async fn completions(
             metrics: state.metrics.clone(),
             started,
             stream: request.stream,
-            first: false,
+            last: None,
         },
     };
     if request.stream {
