@@ -40,6 +40,8 @@ echo "==> what it made"
 "$bin/feature-pipeline" models list
 echo "retrieval on the sample questions:"
 "$bin/feature-pipeline" eval retrieval --questions samples/questions.tsv | tail -n 1
+echo "answers on the sample questions (production and its base; README, \"Conversations and grounded answers\"):"
+"$bin/feature-pipeline" eval answers --questions samples/answers.tsv | tail -n 4
 echo "explore report: $ENGRAM_HOME/reports/ (newest run)"
 echo "fine-tuning: base vs fine-tuned on the test split above; the adapter, merged model and loss curve:"
 echo "  feature-pipeline models export <version> DIR   (see feature-pipeline models list --json)"

@@ -7,7 +7,9 @@ loopback port, and the client asks a question about the corpus, whole and stream
 
 import json
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import urllib.request
 
@@ -364,3 +366,36 @@ def test_json_logs_carry_the_request_id_and_no_colour_codes(corpus):
     messages = [line["fields"].get("message", "") for line in tagged]
     assert "chat completion" in messages, messages
     assert "generated" in messages, f"the model thread logs in the request's span: {messages}"
+
+
+def test_searches_beyond_their_bound_get_429_and_the_rest_are_served(corpus):
+    env, _ = corpus
+    server = Service(env, "--max-searches", "1")
+    try:
+        barrier = threading.Barrier(24)
+
+        def search(_):
+            request = urllib.request.Request(
+                f"{server.base}/v1/search",
+                data=json.dumps({"query": QUESTION, "top_k": 3}).encode(),
+                headers={"content-type": "application/json"},
+            )
+            barrier.wait()
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    return response.status, None, json.load(response)
+            except urllib.error.HTTPError as error:
+                return error.code, error.headers.get("Retry-After"), json.load(error)
+
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            results = list(pool.map(search, range(24)))
+    finally:
+        assert server.stop() == 0
+    statuses = [status for status, _, _ in results]
+    assert set(statuses) <= {200, 429}, statuses
+    assert 200 in statuses and 429 in statuses, statuses
+    for status, retry_after, body in results:
+        if status == 429:
+            assert retry_after and "ENGRAM_MAX_SEARCHES" in body["error"]["message"], body
+        else:
+            assert body["results"][0]["source"]["title"] == EXPECTED_TITLE
