@@ -57,8 +57,13 @@ pub async fn run(config: &StorageConfig, args: &ScoreArgs) -> Result<()> {
                     .quality
                     .as_ref()
                     .is_some_and(|q| q.scorer != score::SCORER || q.version == score::VERSION);
+                let rescore = !current || args.all;
+                if !rescore && teacher.is_none() {
+                    kept += 1;
+                    continue;
+                }
                 let heuristic = score::score(&document.title, &document.content).quality();
-                if !current || args.all {
+                if rescore {
                     storage.documents.set_quality(&document.id, &heuristic).await?;
                     rescored += 1;
                 } else {

@@ -163,18 +163,10 @@ pub struct AnswerMetrics {
 /// The shares of `judged` answers to `questions` (same order).
 pub fn answer_metrics(questions: &[AnswerQuestion], judged: &[Judged]) -> AnswerMetrics {
     let share = |count: usize, of: usize| if of == 0 { 0.0 } else { count as f64 / of as f64 };
-    let answerable: Vec<&Judged> = questions
-        .iter()
-        .zip(judged)
-        .filter(|(q, _)| q.expected.is_some())
-        .map(|(_, j)| j)
-        .collect();
-    let unanswerable: Vec<&Judged> = questions
-        .iter()
-        .zip(judged)
-        .filter(|(q, _)| q.expected.is_none())
-        .map(|(_, j)| j)
-        .collect();
+    let (answerable, unanswerable): (Vec<_>, Vec<_>) =
+        questions.iter().zip(judged).partition(|(q, _)| q.expected.is_some());
+    let answerable: Vec<&Judged> = answerable.into_iter().map(|(_, j)| j).collect();
+    let unanswerable: Vec<&Judged> = unanswerable.into_iter().map(|(_, j)| j).collect();
     let count = |set: &[&Judged], test: fn(&Judged) -> bool| set.iter().filter(|j| test(j)).count();
     AnswerMetrics {
         answerable: answerable.len(),

@@ -44,22 +44,12 @@ impl Prompt {
 
     /// Reads a template: a comment, `=== system`, the system message, `=== user`, the user message.
     pub fn parse(version: &str, text: &str) -> anyhow::Result<Self> {
-        let (_, rest) = text.split_once("=== system\n").ok_or_else(|| {
-            anyhow::anyhow!("prompt {version}: no `=== system` line; see feature-pipeline/prompts/summarize-v1.md")
-        })?;
-        let (system, user) = rest
-            .split_once("=== user\n")
-            .ok_or_else(|| anyhow::anyhow!("prompt {version}: no `=== user` line after the system message"))?;
-        for placeholder in ["{{budget}}", "{{title}}", "{{content}}"] {
-            if !user.contains(placeholder) {
-                anyhow::bail!("prompt {version}: the user message lacks {placeholder}");
-            }
-        }
+        let (system, user) = prompt_parts(version, text, &["{{budget}}", "{{title}}", "{{content}}"])?;
         Ok(Self {
             version: version.to_string(),
             hash: sha256_hex(text),
-            system: system.trim().to_string(),
-            user: user.trim().to_string(),
+            system,
+            user,
         })
     }
 
@@ -70,6 +60,24 @@ impl Prompt {
             .replace("{{title}}", title)
             .replace("{{content}}", content)
     }
+}
+
+/// The system and user messages of a prompt file (`prompts/*.md`): a comment, `=== system`, the
+/// system message, `=== user`, the user message, which must hold every one of `placeholders`.
+pub fn prompt_parts(version: &str, text: &str, placeholders: &[&str]) -> anyhow::Result<(String, String)> {
+    let (_, rest) = text.split_once("=== system\n").ok_or_else(|| {
+        anyhow::anyhow!("prompt {version}: no `=== system` line; see feature-pipeline/prompts/summarize-v1.md")
+    })?;
+    let (system, user) = rest
+        .split_once("=== user\n")
+        .ok_or_else(|| anyhow::anyhow!("prompt {version}: no `=== user` line after the system message"))?;
+    for placeholder in placeholders {
+        anyhow::ensure!(
+            user.contains(placeholder),
+            "prompt {version}: the user message lacks {placeholder}"
+        );
+    }
+    Ok((system.trim().to_string(), user.trim().to_string()))
 }
 
 /// How to distil.

@@ -13,6 +13,7 @@ use engram_shared::documents::QualityScore;
 use engram_shared::generation::{ChatMessage, Role};
 use engram_shared::hashing::sha256_hex;
 
+use super::distil::prompt_parts;
 use crate::teacher::TeacherRequest;
 
 /// The judge's scorer name, stored with its scores.
@@ -37,24 +38,13 @@ impl JudgePrompt {
             .expect("the built-in judge prompt has a system and a user part")
     }
 
-    /// Reads a template: a comment, `=== system`, the system message, `=== user`, the user message.
+    /// Reads a template in the prompt-file format ([`prompt_parts`]).
     pub fn parse(version: &str, text: &str) -> anyhow::Result<Self> {
-        let (_, rest) = text
-            .split_once("=== system\n")
-            .ok_or_else(|| anyhow::anyhow!("judge prompt {version}: no `=== system` line"))?;
-        let (system, user) = rest
-            .split_once("=== user\n")
-            .ok_or_else(|| anyhow::anyhow!("judge prompt {version}: no `=== user` line after the system message"))?;
-        for placeholder in ["{{title}}", "{{content}}"] {
-            anyhow::ensure!(
-                user.contains(placeholder),
-                "judge prompt {version}: the user message lacks {placeholder}"
-            );
-        }
+        let (system, user) = prompt_parts(version, text, &["{{title}}", "{{content}}"])?;
         Ok(Self {
             version: version.to_string(),
-            system: system.trim().to_string(),
-            user: user.trim().to_string(),
+            system,
+            user,
         })
     }
 
