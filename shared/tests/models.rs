@@ -577,3 +577,50 @@ fn a_long_conversation_keeps_its_last_question_drops_the_oldest_turns_and_leaves
         other => panic!("expected NoRoom, got {other:?}"),
     }
 }
+
+/// `messages`' greedy answer with the prompt read `chunk` tokens a step, then one token a step.
+fn stepped(generator: &Generator, question: &str, params: &GenerationParams, chunk: usize) -> (String, usize) {
+    let messages = [ChatMessage::new(Role::User, question)];
+    let mut sequence = generator.begin(&messages, params).unwrap();
+    let mut text = String::new();
+    let mut prefills = 0;
+    loop {
+        let step = if sequence.prompt_left() > 0 {
+            prefills += 1;
+            generator.prefill(&mut sequence, chunk).unwrap()
+        } else {
+            generator.decode_batch(&mut [&mut sequence]).unwrap().remove(0)
+        };
+        text.push_str(&step.text);
+        if let Some(completion) = step.completion {
+            assert_eq!(completion.text, text);
+            return (text, prefills);
+        }
+    }
+}
+
+#[test]
+fn a_prompt_read_in_chunks_answers_as_one_read_whole() {
+    let generator = generator();
+    let params = GenerationParams {
+        max_tokens: 32,
+        ..Default::default()
+    };
+    let question =
+        "Summarize in one sentence: we took the early train from Lisbon to Sintra and walked up to the Pena palace.";
+    let (whole, reads) = stepped(generator, question, &params, 4096);
+    assert_eq!(reads, 1);
+    assert_eq!(
+        whole,
+        generator
+            .generate(&[ChatMessage::new(Role::User, question)], &params, |_| Flow::Continue)
+            .unwrap()
+            .text,
+        "generate is the same steps"
+    );
+    for chunk in [7, 16, 33] {
+        let (chunked, reads) = stepped(generator, question, &params, chunk);
+        assert!(reads > 1, "chunks of {chunk}");
+        assert_eq!(chunked, whole, "chunks of {chunk}");
+    }
+}

@@ -380,6 +380,18 @@ fn project(x: &[f32], n: usize, products: &mut [(&Matrix, &mut [f32])]) {
     }
 }
 
+/// One vector per generation of a batch (`x` is `n x cols`) times several matrices, each
+/// vector's product the bits [`project`] gives it alone.
+fn project_batch(x: &[f32], n: usize, products: &mut [(&Matrix, &mut [f32])]) {
+    if n == 1 {
+        project(x, 1, products);
+        return;
+    }
+    let cols = x.len() / n;
+    let xs: Vec<Activation> = x.chunks_exact(cols).map(Activation::new).collect();
+    Matrix::matvec_batch(products, &xs, Kernel::best());
+}
+
 /// RoPE's rotation angles for `positions` positions of heads of `head_dim` features: `cos` and
 /// `sin`, `positions x head_dim / 2`, computed as candle computes them (f32 throughout), so every
 /// path (candle's, the packed one, training's) rotates alike.
@@ -487,11 +499,23 @@ impl Llama {
 
     /// An empty cache for one generation.
     pub fn cache(&self) -> Cache {
+        self.cache_for(0)
+    }
+
+    /// An empty cache for one generation, its room for `positions` positions taken at once (the
+    /// engine reserves a sequence's keys and values when it admits it).
+    pub fn cache_for(&self, positions: usize) -> Cache {
+        let room = positions.min(self.max_positions) * self.kv_heads * self.head_dim;
         Cache {
-            keys: vec![Vec::new(); self.layers.len()],
-            values: vec![Vec::new(); self.layers.len()],
+            keys: (0..self.layers.len()).map(|_| Vec::with_capacity(room)).collect(),
+            values: (0..self.layers.len()).map(|_| Vec::with_capacity(room)).collect(),
             positions: 0,
         }
+    }
+
+    /// Bytes of keys and values one position of a generation holds (f32, every layer).
+    pub fn kv_bytes_per_position(&self) -> usize {
+        self.layers.len() * 2 * self.kv_heads * self.head_dim * std::mem::size_of::<f32>()
     }
 
     fn rotate(&self, x: &mut [f32], heads: usize, position: usize) {
@@ -519,6 +543,113 @@ impl Llama {
             return self.forward_in_pool(tokens, cache);
         }
         rayon::scope(|_| self.forward_in_pool(tokens, cache))
+    }
+
+    /// Runs one token for each of several generations, each after its own cache's positions;
+    /// returns each one's logits.
+    ///
+    /// This is a decode step of a batch: every weight block is read once for all the tokens
+    /// ([`Matrix::matvec_batch`]), attention runs per generation over its own cache, and each
+    /// generation's logits have the same bits as [`Llama::forward`] of its token alone.
+    pub fn forward_batch(&self, tokens: &[u32], caches: &mut [&mut Cache]) -> Result<Vec<Vec<f32>>> {
+        if rayon::current_num_threads() == 1 {
+            return self.forward_batch_in_pool(tokens, caches);
+        }
+        rayon::scope(|_| self.forward_batch_in_pool(tokens, caches))
+    }
+
+    fn forward_batch_in_pool(&self, tokens: &[u32], caches: &mut [&mut Cache]) -> Result<Vec<Vec<f32>>> {
+        let n = tokens.len();
+        assert_eq!(n, caches.len(), "one cache per token");
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let dim = self.embedding.cols();
+        let kv_dim = self.kv_heads * self.head_dim;
+        let (heads, head_dim) = (self.heads, self.head_dim);
+        let group = heads / self.kv_heads;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let mut x = vec![0f32; n * dim];
+        for (s, (&token, cache)) in tokens.iter().zip(caches.iter()).enumerate() {
+            if cache.positions + 1 > self.max_positions {
+                return Err(GenerationError::Request(format!(
+                    "{} positions exceed the model's {}",
+                    cache.positions + 1,
+                    self.max_positions
+                )));
+            }
+            if token as usize >= self.embedding.rows() {
+                return Err(GenerationError::Request(format!(
+                    "token {token} is outside the vocabulary"
+                )));
+            }
+            self.embedding.row_into(token as usize, &mut x[s * dim..(s + 1) * dim]);
+        }
+        let positions: Vec<usize> = caches.iter().map(|c| c.positions).collect();
+        let norm_each = |x: &[f32], weight: &[f32], out: &mut [f32]| {
+            for (x, out) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+                rms_norm(x, weight, self.eps, out);
+            }
+        };
+        let mut h = vec![0f32; n * dim];
+        let mut q = vec![0f32; n * dim];
+        let mut k = vec![0f32; n * kv_dim];
+        let mut v = vec![0f32; n * kv_dim];
+        let mut attended = vec![0f32; n * dim];
+        let mut projected = vec![0f32; n * dim];
+        for (l, layer) in self.layers.iter().enumerate() {
+            norm_each(&x, &layer.attn_norm, &mut h);
+            project_batch(&h, n, &mut [(&layer.q, &mut q), (&layer.k, &mut k), (&layer.v, &mut v)]);
+            for (s, cache) in caches.iter_mut().enumerate() {
+                self.rotate(&mut q[s * dim..(s + 1) * dim], heads, positions[s]);
+                self.rotate(&mut k[s * kv_dim..(s + 1) * kv_dim], self.kv_heads, positions[s]);
+                cache.keys[l].extend_from_slice(&k[s * kv_dim..(s + 1) * kv_dim]);
+                cache.values[l].extend_from_slice(&v[s * kv_dim..(s + 1) * kv_dim]);
+            }
+            // One task per (generation, query head), as a decoded token alone has one per head.
+            let caches = &*caches;
+            let q = &q[..];
+            let tasks: Vec<(usize, &mut [f32])> = attended.chunks_mut(head_dim).enumerate().collect();
+            for_each(tasks, |(i, out)| {
+                let (s, head) = (i / heads, i % heads);
+                let kv = head / group;
+                let attention = Attention {
+                    queries: &q[s * dim + head * head_dim..][..head_dim],
+                    keys: &caches[s].keys[l][kv * head_dim..],
+                    values: &caches[s].values[l][kv * head_dim..],
+                    stride: kv_dim,
+                    visible: positions[s] + 1,
+                    head_dim,
+                    scale,
+                };
+                attention.run(&mut Vec::with_capacity(positions[s] + 1), out);
+            });
+            project_batch(&attended, n, &mut [(&layer.o, &mut projected)]);
+            for (x, p) in x.iter_mut().zip(&projected) {
+                *x += p;
+            }
+            norm_each(&x, &layer.ffn_norm, &mut h);
+            let hidden = layer.gate.rows();
+            let mut gate = vec![0f32; n * hidden];
+            let mut up = vec![0f32; n * hidden];
+            project_batch(&h, n, &mut [(&layer.gate, &mut gate), (&layer.up, &mut up)]);
+            for (g, u) in gate.iter_mut().zip(&up) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+            project_batch(&gate, n, &mut [(&layer.down, &mut projected)]);
+            for (x, p) in x.iter_mut().zip(&projected) {
+                *x += p;
+            }
+        }
+        for cache in caches.iter_mut() {
+            cache.positions += 1;
+        }
+        norm_each(&x, &self.norm, &mut h);
+        let output = self.output.as_ref().unwrap_or(&self.embedding);
+        let vocab = output.rows();
+        let mut logits = vec![0f32; n * vocab];
+        project_batch(&h, n, &mut [(output, &mut logits)]);
+        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
 
     fn forward_in_pool(&self, tokens: &[u32], cache: &mut Cache) -> Result<Vec<f32>> {

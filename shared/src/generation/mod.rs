@@ -16,14 +16,15 @@ pub mod kernels;
 pub mod llama;
 pub mod prompt_tokens;
 mod sampling;
+pub mod sequence;
 pub mod weights;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use candle_core::Device;
 use candle_core::quantized::gguf_file::Content;
-use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
@@ -31,9 +32,8 @@ use tokenizers::Tokenizer;
 pub use chat_template::ChatTemplate;
 pub use prompt_tokens::PromptEncoder;
 pub use sampling::GenerationParams;
+pub use sequence::{PREFILL_CHUNK, Sequence, Step};
 pub use weights::WeightFormat;
-
-use sampling::{StopMatcher, sampler};
 
 /// Opens a GGUF file and reads its header, refusing anything but the llama family and any tensor
 /// that does not lie inside the file ([`gguf_bounds`]).
@@ -177,14 +177,9 @@ pub struct GeneratorOptions {
 /// The forward pass: candle's quantized llama (every format but `packed`), or engram's own over
 /// the stored blocks.
 enum Model {
-    Candle(ModelWeights),
+    /// candle's model, with the bytes of keys and values one position takes in its cache.
+    Candle(ModelWeights, usize),
     Packed(llama::Llama),
-}
-
-/// One generation's model state: its own KV cache over the shared weights.
-enum State<'a> {
-    Candle(Box<ModelWeights>),
-    Packed(&'a llama::Llama, llama::Cache),
 }
 
 /// A loaded language model, shared across requests.
@@ -234,10 +229,14 @@ impl Generator {
         let model = if options.weights == WeightFormat::Packed {
             Model::Packed(llama::Llama::load(&content, &mut file, context_length)?)
         } else {
-            Model::Candle(match weights::convert(&content, &mut file, options.weights)? {
+            // candle keeps f32 keys and values for every layer.
+            let shape = llama::gguf_shape(&content)?;
+            let kv_bytes = shape.layers * 2 * shape.dim / shape.heads * shape.kv_heads * std::mem::size_of::<f32>();
+            let weights = match weights::convert(&content, &mut file, options.weights)? {
                 Some((converted, mut buffer)) => ModelWeights::from_gguf(converted, &mut buffer, &device)?,
                 None => ModelWeights::from_gguf(content, &mut file, &device)?,
-            })
+            };
+            Model::Candle(weights, kv_bytes)
         };
         Ok(Self::assemble(
             model,
@@ -315,6 +314,15 @@ impl Generator {
         self.context_length
     }
 
+    /// Bytes of keys and values one position of a generation holds: what a sequence reserves
+    /// per position of its prompt and budget ([`Sequence::positions_needed`]).
+    pub fn kv_bytes_per_position(&self) -> usize {
+        match &self.model {
+            Model::Candle(_, bytes) => *bytes,
+            Model::Packed(llama) => llama.kv_bytes_per_position(),
+        }
+    }
+
     /// The tokenizer, e.g. to count tokens when packing a prompt.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
@@ -349,96 +357,5 @@ impl Generator {
         let mut tokens: Vec<u32> = self.bos.into_iter().collect();
         tokens.extend(self.prompts.encode(&self.template, messages)?);
         Ok(tokens)
-    }
-
-    /// Generates an answer to `messages`, calling `on_text` with each new piece of text.
-    pub fn generate(
-        &self,
-        messages: &[ChatMessage],
-        params: &GenerationParams,
-        mut on_text: impl FnMut(&str) -> Flow,
-    ) -> Result<Completion> {
-        let mut tokens = self.prompt_tokens(messages)?;
-        let prompt_tokens = tokens.len();
-        if prompt_tokens >= self.context_length {
-            return Err(GenerationError::Request(format!(
-                "the prompt is {prompt_tokens} tokens but the model's context window is {}: shorten the conversation or retrieve fewer chunks",
-                self.context_length
-            )));
-        }
-        let budget = params.max_tokens.min(self.context_length - prompt_tokens);
-
-        // Shared weights, private KV cache: cloning copies reference-counted tensors only.
-        let mut state = match &self.model {
-            Model::Candle(weights) => State::Candle(Box::new(weights.clone())),
-            Model::Packed(llama) => State::Packed(llama, llama.cache()),
-        };
-        let mut sampler = sampler(params);
-        let mut stops = StopMatcher::new(&params.stop);
-        let mut generated: Vec<u32> = Vec::new();
-        let mut emitted = 0usize; // bytes of decoded text handed out or held back by StopMatcher
-        let mut text = String::new();
-        let mut finish = FinishReason::Length;
-        let mut input = Tensor::new(tokens.as_slice(), &self.device)?.unsqueeze(0)?;
-        let mut position = 0usize;
-        let started = Instant::now();
-        let mut timings = Timings::default();
-        while generated.len() < budget {
-            let logits = match &mut state {
-                State::Candle(model) => model.forward(&input, position)?.squeeze(0)?,
-                State::Packed(llama, cache) => {
-                    let fed = &tokens[position..];
-                    let logits = llama.forward(fed, cache)?;
-                    let count = logits.len();
-                    Tensor::from_vec(logits, count, &self.device)?
-                }
-            };
-            position += input.dim(1)?;
-            let next = sampler.next(&logits, &tokens, params)?;
-            if position == prompt_tokens {
-                timings.prompt = started.elapsed();
-            }
-            if self.stop_tokens.contains(&next) && !params.ignore_eos {
-                finish = FinishReason::Stop;
-                break;
-            }
-            tokens.push(next);
-            generated.push(next);
-            // Decode everything so far and hand out what is new, once it is whole UTF-8.
-            let decoded = self.decode(&generated)?;
-            if decoded.len() > emitted && !decoded.ends_with('\u{FFFD}') {
-                let fresh = &decoded[emitted..];
-                emitted = decoded.len();
-                let (ready, stopped) = stops.push(fresh);
-                if !ready.is_empty() {
-                    text.push_str(&ready);
-                    if on_text(&ready) == Flow::Stop {
-                        finish = FinishReason::Cancelled;
-                        break;
-                    }
-                }
-                if stopped {
-                    finish = FinishReason::Stop;
-                    break;
-                }
-            }
-            input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
-        }
-        timings.decode = started.elapsed().saturating_sub(timings.prompt);
-        // Text held back as a possible stop-string start was not one after all.
-        let rest = stops.flush();
-        if !rest.is_empty() && finish != FinishReason::Cancelled {
-            text.push_str(&rest);
-            on_text(&rest);
-        }
-        Ok(Completion {
-            text,
-            usage: Usage {
-                prompt_tokens,
-                completion_tokens: generated.len(),
-            },
-            finish_reason: finish,
-            timings,
-        })
     }
 }

@@ -99,6 +99,128 @@ pub unsafe fn group_product(blocks: &Blocks, g: usize, x: &Activation) -> [f32; 
     out
 }
 
+/// Group `g` of `blocks` times each of `V` vectors: the group's weights are loaded and unpacked
+/// once for all of them. Each vector's result is computed with the same instructions, in the same
+/// order, as [`group_product`] computes it alone, so the bits are the same.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C ([`available`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn group_products<const V: usize>(blocks: &Blocks, g: usize, xs: [&Activation; V]) -> [[f32; GROUP]; V] {
+    let (quants, scales, mins) = blocks.group(g);
+    let count = blocks.blocks();
+    let bytes = blocks.format.group_block_bytes();
+    // Checked in release builds too: the loads below trust these lengths.
+    for x in xs {
+        assert!(x.values.len() >= count * BLOCK && x.sums.len() >= count && x.scales.len() >= count);
+    }
+    assert!(quants.len() == count * bytes && scales.len() >= count * GROUP);
+    assert!(blocks.format != BlockFormat::Q4_1 || mins.len() >= count * GROUP);
+    let mut acc = [[_mm256_setzero_ps(); 2]; V];
+    let mut offset = [[_mm256_setzero_ps(); 2]; V];
+    let mask = _mm256_set1_epi16(0x0F);
+    for b in 0..count {
+        // SAFETY (whole loop): block `b` of the group has `bytes` quantized bytes and 16 scales (and
+        // minimums); every vector has 32 values (16 pairs) from `b * 32`.
+        unsafe {
+            let q = quants.as_ptr().add(b * bytes);
+            let pairs: [*const i32; V] = std::array::from_fn(|v| xs[v].values.as_ptr().add(b * BLOCK) as *const i32);
+            let pair = |v: usize, p: usize| _mm256_set1_epi32(pairs[v].add(p).read_unaligned());
+            let load = |r: usize, half: usize| _mm256_loadu_si256(q.add(64 * r + 32 * half) as *const __m256i);
+            let mut dot = [[_mm256_setzero_si256(); 2]; V];
+            match blocks.format {
+                BlockFormat::Q4_1 => {
+                    for r in 0..4 {
+                        let words = [load(r, 0), load(r, 1)];
+                        let unpacked: [[__m256i; 2]; 4] = std::array::from_fn(|n| {
+                            std::array::from_fn(|half| match n {
+                                0 => _mm256_and_si256(words[half], mask),
+                                1 => _mm256_and_si256(_mm256_srli_epi16(words[half], 4), mask),
+                                2 => _mm256_and_si256(_mm256_srli_epi16(words[half], 8), mask),
+                                _ => _mm256_srli_epi16(words[half], 12),
+                            })
+                        });
+                        for (v, dot) in dot.iter_mut().enumerate() {
+                            for (n, q) in unpacked.iter().enumerate() {
+                                let p = pair(v, 4 * r + n);
+                                for half in 0..2 {
+                                    dot[half] = _mm256_add_epi32(dot[half], _mm256_madd_epi16(q[half], p));
+                                }
+                            }
+                        }
+                    }
+                    for (v, offset) in offset.iter_mut().enumerate() {
+                        let sum = _mm256_set1_ps(xs[v].sums[b]);
+                        for (half, offset) in offset.iter_mut().enumerate() {
+                            let m = _mm256_cvtph_ps(_mm_loadu_si128(
+                                mins.as_ptr().add(b * GROUP + 8 * half) as *const __m128i
+                            ));
+                            *offset = _mm256_fmadd_ps(m, sum, *offset);
+                        }
+                    }
+                }
+                BlockFormat::Q8_0 => {
+                    for r in 0..8 {
+                        for half in 0..2 {
+                            let words = load(r, half);
+                            let q0 = _mm256_srai_epi16(_mm256_slli_epi16(words, 8), 8);
+                            let q1 = _mm256_srai_epi16(words, 8);
+                            for (v, dot) in dot.iter_mut().enumerate() {
+                                let (low, high) = (pair(v, 2 * r), pair(v, 2 * r + 1));
+                                let products =
+                                    _mm256_add_epi32(_mm256_madd_epi16(q0, low), _mm256_madd_epi16(q1, high));
+                                dot[half] = _mm256_add_epi32(dot[half], products);
+                            }
+                        }
+                    }
+                }
+            }
+            for half in 0..2 {
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(
+                    scales.as_ptr().add(b * GROUP + 8 * half) as *const __m128i
+                ));
+                for (v, acc) in acc.iter_mut().enumerate() {
+                    let scale = _mm256_set1_ps(xs[v].scales[b]);
+                    acc[half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[v][half]), _mm256_mul_ps(d, scale), acc[half]);
+                }
+            }
+        }
+    }
+    let mut out = [[0f32; GROUP]; V];
+    for (v, out) in out.iter_mut().enumerate() {
+        // SAFETY: `out` holds 16 floats.
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(acc[v][0], offset[v][0]));
+            _mm256_storeu_ps(out.as_mut_ptr().add(8), _mm256_add_ps(acc[v][1], offset[v][1]));
+        }
+    }
+    out
+}
+
+/// Vectors multiplied per pass over a group's weights: four keep the unpacked weights and the
+/// vectors' running sums in registers.
+const VECTORS_PER_PASS: usize = 4;
+
+/// Group `g` of `blocks` times every vector of `xs`, into `out[v]`: several decoded tokens (one
+/// per sequence of a batch) read the group from memory once.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C ([`available`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn group_products_many(blocks: &Blocks, g: usize, xs: &[&Activation], out: &mut [[f32; GROUP]]) {
+    assert_eq!(xs.len(), out.len(), "one output per vector");
+    for (xs, out) in xs.chunks(VECTORS_PER_PASS).zip(out.chunks_mut(VECTORS_PER_PASS)) {
+        // SAFETY (each arm): this function's target features.
+        match *xs {
+            [a, b, c, d] => out.copy_from_slice(&unsafe { group_products(blocks, g, [a, b, c, d]) }),
+            [a, b, c] => out.copy_from_slice(&unsafe { group_products(blocks, g, [a, b, c]) }),
+            [a, b] => out.copy_from_slice(&unsafe { group_products(blocks, g, [a, b]) }),
+            [a] => out.copy_from_slice(&unsafe { group_products(blocks, g, [a]) }),
+            _ => unreachable!("chunks of at most {VECTORS_PER_PASS}"),
+        }
+    }
+}
+
 /// Horizontal sum of eight floats.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -142,6 +142,26 @@ impl Kernel {
         }
     }
 
+    /// Group `g` of `blocks` times each vector of `xs`, into `out[v]`: the same bits as
+    /// [`Kernel::group_product`] gives each vector alone, the group's weights read once.
+    fn group_products(self, blocks: &Blocks, g: usize, xs: &[&Activation], out: &mut [[f32; GROUP]]) {
+        match self {
+            // SAFETY: the guard checks the CPU's features (every AVX-512 CPU has AVX2; all kernels
+            // give the same bits, `every_kernel_computes_the_same_integer_block_sums`); the kernel
+            // checks the lengths it reads.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 | Kernel::Avx2 if self.runs_here() && avx2::available() => unsafe {
+                avx2::group_products_many(blocks, g, xs, out)
+            },
+            Kernel::Avx512 | Kernel::Avx2 => self.refused(),
+            _ => {
+                for (x, out) in xs.iter().zip(out.iter_mut()) {
+                    *out = blocks::group_product(blocks, g, x);
+                }
+            }
+        }
+    }
+
     fn dequantize_group(self, blocks: &Blocks, g: usize, out: &mut [f32], stride: usize) {
         match self {
             // SAFETY: the guard checks the CPU's features; the function checks `out`'s length.
@@ -154,6 +174,14 @@ impl Kernel {
             _ => blocks::dequantize_group(blocks, g, out, stride),
         }
     }
+}
+
+/// One output slice of a parallel product of several vectors: `outs[v]` receives vector `v`'s
+/// rows `first..first + len`.
+struct BatchTask<'a> {
+    matrix: &'a Matrix,
+    first: usize,
+    outs: Vec<&'a mut [f32]>,
 }
 
 /// One output slice of a parallel product: `out` receives rows `first..first + out.len()`.
@@ -231,6 +259,37 @@ impl Matrix {
         for_each(tasks, |task| task.run(x, kernel));
     }
 
+    /// `y_i = W_i x_v` for several matrices and several vectors (one decoded token per sequence of
+    /// a batch) in one parallel pass: `y_i` is `xs.len() x rows_i`, row `v` vector `v`'s product.
+    /// Each task reads its rows' weights once for every vector, and each vector's product has the
+    /// same bits as [`Matrix::matvec_many`] gives it alone with the same kernel.
+    pub fn matvec_batch(products: &mut [(&Matrix, &mut [f32])], xs: &[Activation], kernel: Kernel) {
+        let vectors = xs.len();
+        let rows: usize = products.iter().map(|(m, _)| m.rows()).sum();
+        let per_task = (rows / (rayon::current_num_threads() * 4))
+            .max(GROUP)
+            .next_multiple_of(GROUP);
+        let mut tasks = Vec::with_capacity(rows / per_task + products.len());
+        for (matrix, y) in products.iter_mut() {
+            let rows = matrix.rows();
+            assert_eq!(y.len(), vectors * rows, "one row of outputs per vector");
+            for x in xs {
+                assert_eq!(x.x.len(), matrix.cols());
+            }
+            let mut slices: Vec<_> = y.chunks_mut(rows).map(|row| row.chunks_mut(per_task)).collect();
+            for i in 0..rows.div_ceil(per_task) {
+                let outs = slices.iter_mut().filter_map(Iterator::next).collect();
+                tasks.push(BatchTask {
+                    matrix,
+                    first: i * per_task,
+                    outs,
+                });
+            }
+        }
+        let xs: Vec<&Activation> = xs.iter().collect();
+        for_each(tasks, |task| task.run(&xs, kernel));
+    }
+
     /// `Y = X Wᵀ` for `tokens` vectors at once (`x` is `tokens x cols`, `y` is `tokens x rows`).
     ///
     /// The weight rows are cut into tiles of a few groups; each task dequantizes its tile exactly
@@ -301,6 +360,37 @@ impl Matrix {
                 }
             },
         );
+    }
+}
+
+impl BatchTask<'_> {
+    fn run(self, xs: &[&Activation], kernel: Kernel) {
+        let BatchTask {
+            matrix,
+            first,
+            mut outs,
+        } = self;
+        let len = outs.first().map_or(0, |o| o.len());
+        match matrix {
+            Matrix::Quantized(blocks) => {
+                let mut values = vec![[0f32; GROUP]; xs.len()];
+                for start in (0..len).step_by(GROUP) {
+                    kernel.group_products(blocks, (first + start) / GROUP, xs, &mut values);
+                    let count = GROUP.min(len - start);
+                    for (out, values) in outs.iter_mut().zip(&values) {
+                        out[start..start + count].copy_from_slice(&values[..count]);
+                    }
+                }
+            }
+            Matrix::F32 { cols, data, .. } => {
+                for (out, x) in outs.iter_mut().zip(xs) {
+                    for (i, out) in out.iter_mut().enumerate() {
+                        let row = first + i;
+                        *out = dot_f32(&data[row * cols..(row + 1) * cols], &x.x);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -596,6 +686,42 @@ mod tests {
                 let mut y = vec![0f32; rows];
                 Matrix::matvec_many(&mut [(&matrix, &mut y)], &prepared, kernel);
                 assert_eq!(y, reference, "{kernel:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_of_vectors_gives_each_the_bits_it_gets_alone_on_every_kernel() {
+        // 37 rows (a padded last group), up to nine vectors (two passes of four and a rest).
+        let (rows, cols) = (37, 96);
+        for vectors in [1, 2, 3, 4, 5, 9] {
+            let xs: Vec<Activation> = (0..vectors)
+                .map(|v| {
+                    let x: Vec<f32> = (0..cols)
+                        .map(|i| (((i * 13 + v * 7) % 17) as f32 - 8.0) * 0.125 * (v + 1) as f32)
+                        .collect();
+                    Activation::new(&x)
+                })
+                .collect();
+            for ((first, _), (second, _)) in matrices(rows, cols).iter().zip(&matrices(24, cols)) {
+                for kernel in Kernel::available() {
+                    let (mut y1, mut y2) = (vec![0f32; vectors * rows], vec![0f32; vectors * 24]);
+                    Matrix::matvec_batch(&mut [(first, &mut y1), (second, &mut y2)], &xs, kernel);
+                    for (v, x) in xs.iter().enumerate() {
+                        let (mut z1, mut z2) = (vec![0f32; rows], vec![0f32; 24]);
+                        Matrix::matvec_many(&mut [(first, &mut z1), (second, &mut z2)], x, kernel);
+                        assert_eq!(
+                            y1[v * rows..(v + 1) * rows],
+                            z1,
+                            "{kernel:?}, {vectors} vectors, vector {v}"
+                        );
+                        assert_eq!(
+                            y2[v * 24..(v + 1) * 24],
+                            z2,
+                            "{kernel:?}, {vectors} vectors, vector {v}"
+                        );
+                    }
+                }
             }
         }
     }
