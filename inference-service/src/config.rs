@@ -27,13 +27,24 @@ pub struct Config {
     #[arg(long, env = "ENGRAM_EMBEDDING_MODEL", default_value = "models/all-MiniLM-L6-v2")]
     pub embedding_model: PathBuf,
 
-    /// Threads running the model; each runs one generation at a time.
-    #[arg(long, env = "ENGRAM_WORKERS", default_value_t = 1)]
-    pub workers: usize,
+    /// Most generations decoded together (continuous batching: each step decodes one token for
+    /// every running generation, reading the weights once for all of them).
+    #[arg(long, env = "ENGRAM_MAX_BATCH", default_value_t = 8)]
+    pub max_batch: usize,
 
-    /// Requests waiting for a model thread before new ones are refused with 429.
+    /// Requests waiting for a place in the batch before new ones are refused with 429.
     #[arg(long, env = "ENGRAM_MAX_QUEUE", default_value_t = 16)]
     pub max_queue: usize,
+
+    /// Memory for the running generations' keys and values, in MiB. Each is admitted with room
+    /// for its prompt and max_tokens (SmolLM2-135M: 45 KiB a token); one that does not fit waits.
+    #[arg(long, env = "ENGRAM_KV_CACHE_MIB", default_value_t = 1024)]
+    pub kv_cache_mib: usize,
+
+    /// Prompt tokens read per step: a long prompt is read in chunks between decode steps, so
+    /// running streams wait for a chunk, not a whole prompt.
+    #[arg(long, env = "ENGRAM_PREFILL_CHUNK", default_value_t = engram_shared::generation::PREFILL_CHUNK)]
+    pub prefill_chunk: usize,
 
     /// `/v1/search` requests served at once; more get a 429 with `Retry-After`.
     #[arg(long, env = "ENGRAM_MAX_SEARCHES", default_value_t = 8)]
@@ -116,6 +127,16 @@ fn relevance(text: &str) -> Result<f32, String> {
 }
 
 impl Config {
+    /// How much the engine runs at once.
+    pub fn engine_limits(&self) -> crate::engine::Limits {
+        crate::engine::Limits {
+            max_batch: self.max_batch,
+            max_queue: self.max_queue,
+            kv_cache_bytes: self.kv_cache_mib.saturating_mul(1 << 20),
+            prefill_chunk: self.prefill_chunk,
+        }
+    }
+
     /// Refuses a configuration that would serve the notes to the network without keys.
     pub fn check_exposure(&self) -> anyhow::Result<()> {
         if self.api_keys.is_none() && !self.allow_anonymous && !self.addr.ip().is_loopback() {

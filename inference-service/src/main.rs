@@ -111,10 +111,11 @@ async fn serve(config: &Config) -> Result<()> {
     if let Err(why) = served.ready() {
         tracing::warn!("not ready: {why}");
     }
+    let metrics = Arc::new(metrics::Metrics::new().context("cannot set up the metrics")?);
     let state = AppState {
         storage,
         embedder,
-        engine: Engine::start(config.workers, config.max_queue),
+        engine: Engine::start(config.engine_limits(), Some(metrics.batch_size.clone())),
         served: Arc::new(RwLock::new(Arc::new(served))),
         top_k: config.top_k,
         min_relevance: config.min_relevance,
@@ -124,7 +125,7 @@ async fn serve(config: &Config) -> Result<()> {
             max_prompt_tokens: config.max_prompt_tokens,
             request_timeout: std::time::Duration::from_secs(config.request_timeout_secs.max(1)),
         },
-        metrics: Arc::new(metrics::Metrics::new().context("cannot set up the metrics")?),
+        metrics,
     };
     let interval = std::time::Duration::from_secs(config.reload_interval_secs.max(1));
     tokio::spawn(reload::watch(state.clone(), Arc::new(config.clone()), interval));

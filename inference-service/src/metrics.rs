@@ -5,6 +5,7 @@
 //! queue depth and what is served (model and index versions, as info gauges) are read at scrape
 //! time, so they are never stale. This module knows nothing of HTTP: the routes call it.
 
+use crate::engine::Load;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -27,7 +28,12 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// Questions answered "the notes do not say" without generating.
     pub abstentions: IntCounter,
+    /// Sequences decoded together per decode step.
+    pub batch_size: Histogram,
     queue_depth: IntGauge,
+    running: IntGauge,
+    kv_cache_used: IntGauge,
+    kv_cache_capacity: IntGauge,
     model_info: IntGaugeVec,
     index_info: IntGaugeVec,
 }
@@ -77,7 +83,23 @@ impl Metrics {
             "engram_abstentions_total",
             "Questions answered that the notes do not say, nothing retrieved being close enough",
         )?;
-        let queue_depth = IntGauge::new("engram_queue_depth", "Generations waiting for a model thread")?;
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "engram_batch_size",
+                "Sequences decoded together in one step (one pass over the weights)",
+            )
+            .buckets(vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0]),
+        )?;
+        let queue_depth = IntGauge::new("engram_queue_depth", "Generations waiting for a place in the batch")?;
+        let running = IntGauge::new("engram_running_sequences", "Generations in the batch")?;
+        let kv_cache_used = IntGauge::new(
+            "engram_kv_cache_used_bytes",
+            "KV-cache bytes reserved by the generations in the batch",
+        )?;
+        let kv_cache_capacity = IntGauge::new(
+            "engram_kv_cache_capacity_bytes",
+            "The KV-cache budget (ENGRAM_KV_CACHE_MIB)",
+        )?;
         let model_info = IntGaugeVec::new(
             Opts::new("engram_model_info", "The model served (1 for the loaded one)"),
             &["model", "version"],
@@ -94,7 +116,11 @@ impl Metrics {
         registry.register(Box::new(completion_tokens.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(abstentions.clone()))?;
+        registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(running.clone()))?;
+        registry.register(Box::new(kv_cache_used.clone()))?;
+        registry.register(Box::new(kv_cache_capacity.clone()))?;
         registry.register(Box::new(model_info.clone()))?;
         registry.register(Box::new(index_info.clone()))?;
         Ok(Self {
@@ -107,7 +133,11 @@ impl Metrics {
             completion_tokens,
             auth_failures,
             abstentions,
+            batch_size,
             queue_depth,
+            running,
+            kv_cache_used,
+            kv_cache_capacity,
             model_info,
             index_info,
         })
@@ -121,10 +151,14 @@ impl Metrics {
         self.duration.with_label_values(&[route]).observe(seconds);
     }
 
-    /// The text exposition of every metric, with the gauges read now: the queue's depth, the
+    /// The text exposition of every metric, with the gauges read now: what the engine holds, the
     /// model served (`(id, version)`) and the index served (`(version, embedding model)`).
-    pub fn render(&self, queue_depth: usize, model: Option<(&str, &str)>, index: Option<(&str, &str)>) -> Vec<u8> {
-        self.queue_depth.set(queue_depth as i64);
+    pub fn render(&self, engine: Load, model: Option<(&str, &str)>, index: Option<(&str, &str)>) -> Vec<u8> {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.queue_depth.set(gauge(engine.waiting));
+        self.running.set(gauge(engine.running));
+        self.kv_cache_used.set(gauge(engine.kv_cache_used_bytes));
+        self.kv_cache_capacity.set(gauge(engine.kv_cache_capacity_bytes));
         self.model_info.reset();
         if let Some((id, version)) = model {
             self.model_info.with_label_values(&[id, version]).set(1);

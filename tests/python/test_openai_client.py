@@ -188,6 +188,11 @@ def test_metrics_count_requests_tokens_and_time_to_first_token(service):
     assert value("engram_time_to_first_token_seconds_count") >= 2
     assert value("engram_inter_token_latency_seconds_count") >= 1, "answers of several pieces time the gaps"
     assert value("engram_completion_tokens_total") > 0
+    assert value("engram_batch_size_count") >= 2, "every decode step observes its batch"
+    assert value("engram_batch_size_sum") >= value("engram_batch_size_count")
+    assert value("engram_kv_cache_capacity_bytes") == 1024 * 2**20
+    assert value("engram_kv_cache_used_bytes") >= 0
+    assert value("engram_running_sequences") >= 0
     assert value("engram_model_info{") == 1
     assert value("engram_index_info{") == 1
 

@@ -1,43 +1,93 @@
-//! The engine: the model runs on dedicated threads, fed by a bounded queue.
+//! The engine: one scheduler thread runs every generation, continuously batched.
 //!
 //! Generation is CPU-bound and long; it must not run on the async runtime's threads, which serve
-//! HTTP. The HTTP layer hands the engine a [`Job`] and reads [`Event`]s back from a channel. The
-//! queue has a fixed length: when it is full, [`Engine::submit`] refuses at once and the client gets
-//! a 429 with `Retry-After` instead of an ever-growing wait. A request is admitted
-//! ([`Engine::admit`]) before it does any work (embedding, retrieval, prompt): the [`Admission`]
-//! holds one of `workers + queue` places until its generation ends, so excess load is shed before
-//! it costs anything. A client that goes away drops its
-//! receiver; the worker notices on the next piece of text and stops generating. A panic while
-//! generating fails that request ([`Event::Crashed`], a 500) and the thread goes on serving.
+//! HTTP. The HTTP layer hands the engine a [`Job`] and reads [`Event`]s back from a channel.
+//!
+//! Decoding a token is bound by reading the weights, so sequences decoded together read them once:
+//! the scheduler ([`scheduler`]) admits waiting jobs at every step, first come first served, up to
+//! `max_batch` sequences and a KV-cache budget ([`kv_cache`]); each step ([`batch`]) reads one
+//! chunk of one waiting prompt, then decodes one token for every running sequence in one pass over
+//! the weights. A sequence's tokens do not depend on what else is in the batch (greedy answers are
+//! those it gets alone, seeded samples too), and a long prompt costs the running streams one chunk
+//! per step, not the whole prompt.
+//!
+//! Back-pressure comes before work: a request takes a place ([`Engine::admit`], one of
+//! `max_batch + max_queue`) before it embeds or retrieves anything, and is refused at once, for a
+//! 429 with `Retry-After`, when every place is taken. A client that goes away drops its receiver;
+//! its sequence leaves the batch at the next step and frees its place and its KV cache. A panic in
+//! the model fails the requests of that call ([`Event::Crashed`], a 500) and the engine serves on.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
+mod batch;
+pub mod kv_cache;
+mod scheduler;
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 
-use engram_shared::generation::{ChatMessage, Completion, Flow, GenerationError, GenerationParams, Generator};
+use engram_shared::generation::{
+    ChatMessage, Completion, GenerationError, GenerationParams, Generator, Sequence, Step,
+};
 use tokio::sync::mpsc as async_mpsc;
 
-/// What the engine runs: a language model that generates an answer to messages, piece by piece.
-pub trait Model: Send + Sync {
-    /// Generates, calling `on_text` with each new piece of text.
-    fn generate(
-        &self,
-        messages: &[ChatMessage],
-        params: &GenerationParams,
-        on_text: &mut dyn FnMut(&str) -> Flow,
-    ) -> Result<Completion, GenerationError>;
+/// What the engine runs: a language model whose generations advance in steps, many at a time.
+pub trait Model: Send + Sync + 'static {
+    /// One generation's state between steps.
+    type Sequence: Send;
+
+    /// Starts a generation (renders and encodes the prompt; the model reads nothing yet).
+    fn begin(&self, messages: &[ChatMessage], params: &GenerationParams) -> Result<Self::Sequence, GenerationError>;
+
+    /// Bytes of KV cache the sequence can come to hold (its prompt and its token budget).
+    fn kv_bytes(&self, sequence: &Self::Sequence) -> usize;
+
+    /// Prompt tokens the model has not read yet.
+    fn prompt_left(&self, sequence: &Self::Sequence) -> usize;
+
+    /// Reads up to `chunk` more prompt tokens; the last chunk samples the first token.
+    fn prefill(&self, sequence: &mut Self::Sequence, chunk: usize) -> Result<Step, GenerationError>;
+
+    /// Decodes one token for each sequence (all past their prompts), together.
+    fn decode(&self, sequences: &mut [&mut Self::Sequence]) -> Result<Vec<Step>, GenerationError>;
 }
 
 impl Model for Generator {
-    fn generate(
-        &self,
-        messages: &[ChatMessage],
-        params: &GenerationParams,
-        on_text: &mut dyn FnMut(&str) -> Flow,
-    ) -> Result<Completion, GenerationError> {
-        Generator::generate(self, messages, params, on_text)
+    type Sequence = Sequence;
+
+    fn begin(&self, messages: &[ChatMessage], params: &GenerationParams) -> Result<Sequence, GenerationError> {
+        Generator::begin(self, messages, params)
     }
+
+    fn kv_bytes(&self, sequence: &Sequence) -> usize {
+        sequence.positions_needed() * self.kv_bytes_per_position()
+    }
+
+    fn prompt_left(&self, sequence: &Sequence) -> usize {
+        sequence.prompt_left()
+    }
+
+    fn prefill(&self, sequence: &mut Sequence, chunk: usize) -> Result<Step, GenerationError> {
+        Generator::prefill(self, sequence, chunk)
+    }
+
+    fn decode(&self, sequences: &mut [&mut Sequence]) -> Result<Vec<Step>, GenerationError> {
+        self.decode_batch(sequences)
+    }
+}
+
+/// How much the engine runs at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most sequences decoded together.
+    pub max_batch: usize,
+    /// Most requests waiting for a place in the batch; beyond them requests get 429.
+    pub max_queue: usize,
+    /// Bytes of keys and values all running sequences may reserve together.
+    pub kv_cache_bytes: usize,
+    /// Prompt tokens read per step.
+    pub prefill_chunk: usize,
 }
 
 /// A place in the engine, taken before a request does any work and given back when its job
@@ -46,18 +96,20 @@ impl Model for Generator {
 pub struct Admission(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit); // held, never read
 
 /// One generation to run.
-pub struct Job {
-    /// Its place in the engine, held until the job ends.
+pub struct Job<M: Model = Generator> {
+    /// Its place in the engine, held until the job ends (dropped with it, never read).
+    #[allow(dead_code)]
     pub admission: Admission,
     /// The model to run it on (the snapshot the request started with).
-    pub generator: Arc<dyn Model>,
+    pub generator: Arc<M>,
     /// The conversation, prompt included.
     pub messages: Vec<ChatMessage>,
     /// Sampling parameters.
     pub params: GenerationParams,
-    /// Where the events go.
-    pub events: async_mpsc::Sender<Event>,
-    /// The request's span (its id): the model thread logs inside it.
+    /// Where the events go. Unbounded so that a slow reader never stalls the batch: a request
+    /// sends at most its `max_tokens` pieces.
+    pub events: async_mpsc::UnboundedSender<Event>,
+    /// The request's span (its id): the engine logs inside it.
     pub span: tracing::Span,
 }
 
@@ -74,67 +126,78 @@ pub enum Event {
     Crashed(String),
 }
 
-/// The queue in front of the model threads.
-#[derive(Clone)]
-pub struct Engine {
-    queue: SyncSender<Job>,
-    waiting: Arc<AtomicUsize>,
+/// What the engine holds now, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Requests waiting for a place in the batch.
+    pub waiting: usize,
+    /// Sequences in the batch.
+    pub running: usize,
+    /// KV-cache bytes the running sequences reserve.
+    pub kv_cache_used_bytes: usize,
+    /// The KV-cache budget.
+    pub kv_cache_capacity_bytes: usize,
+}
+
+/// Counters the scheduler writes and the metrics read.
+#[derive(Debug, Default)]
+struct Shared {
+    waiting: AtomicUsize,
+    running: AtomicUsize,
+    kv_used: AtomicUsize,
+}
+
+/// The queue in front of the scheduler.
+pub struct Engine<M: Model = Generator> {
+    jobs: SyncSender<Job<M>>,
+    shared: Arc<Shared>,
     places: Arc<tokio::sync::Semaphore>,
+    limits: Limits,
+}
+
+impl<M: Model> Clone for Engine<M> {
+    fn clone(&self) -> Self {
+        Engine {
+            jobs: self.jobs.clone(),
+            shared: self.shared.clone(),
+            places: self.places.clone(),
+            limits: self.limits,
+        }
+    }
 }
 
 /// Why a job was not accepted.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
-    /// The queue is full: try again later.
+    /// Every place is taken: try again later.
     Busy,
     /// The engine has stopped.
     Stopped,
 }
 
-impl Engine {
-    /// Starts `workers` model threads behind a queue of `queue` jobs.
-    pub fn start(workers: usize, queue: usize) -> Self {
-        let (sender, receiver) = mpsc::sync_channel::<Job>(queue);
-        let receiver = Arc::new(std::sync::Mutex::new(receiver));
-        let waiting = Arc::new(AtomicUsize::new(0));
-        for index in 0..workers.max(1) {
-            let receiver = receiver.clone();
-            let waiting = waiting.clone();
-            std::thread::Builder::new()
-                .name(format!("engram-model-{index}"))
-                .spawn(move || {
-                    loop {
-                        let job = {
-                            let Ok(receiver) = receiver.lock() else { return };
-                            match receiver.recv() {
-                                Ok(job) => job,
-                                Err(_) => return,
-                            }
-                        };
-                        waiting.fetch_sub(1, Ordering::SeqCst);
-                        let events = job.events.clone();
-                        let span = job.span.clone();
-                        let _entered = span.enter();
-                        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| run(job))) {
-                            let why = panic
-                                .downcast_ref::<&str>()
-                                .map(|s| s.to_string())
-                                .or_else(|| panic.downcast_ref::<String>().cloned())
-                                .unwrap_or_default();
-                            tracing::error!(panic = %why, "the model panicked while generating; the request fails, the thread serves on");
-                            let _ = events.blocking_send(Event::Crashed(
-                                "the model failed on this request (an internal error, logged): retry, and report it if it persists"
-                                    .to_string(),
-                            ));
-                        }
-                    }
-                })
-                .expect("spawn a model thread");
-        }
+impl<M: Model> Engine<M> {
+    /// Starts the scheduler thread. `batch_size`, when given, observes how many sequences each
+    /// decode step ran.
+    pub fn start(limits: Limits, batch_size: Option<prometheus::Histogram>) -> Self {
+        let limits = Limits {
+            max_batch: limits.max_batch.max(1),
+            prefill_chunk: limits.prefill_chunk.max(1),
+            ..limits
+        };
+        let places = limits.max_batch + limits.max_queue;
+        // Every admitted request fits in the channel: only admission refuses.
+        let (jobs, receiver) = mpsc::sync_channel::<Job<M>>(places);
+        let shared = Arc::new(Shared::default());
+        let scheduler = scheduler::Scheduler::new(receiver, limits, shared.clone(), batch_size);
+        std::thread::Builder::new()
+            .name("engram-engine".into())
+            .spawn(move || scheduler.run())
+            .expect("spawn the engine's thread");
         Self {
-            queue: sender,
-            waiting,
-            places: Arc::new(tokio::sync::Semaphore::new(workers.max(1) + queue)),
+            jobs,
+            shared,
+            places: Arc::new(tokio::sync::Semaphore::new(places)),
+            limits,
         }
     }
 
@@ -148,13 +211,13 @@ impl Engine {
         }
     }
 
-    /// Queues a job, or refuses it at once when the queue is full.
-    pub fn submit(&self, job: Job) -> Result<(), Refused> {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        match self.queue.try_send(job) {
+    /// Queues a job (it holds its place already).
+    pub fn submit(&self, job: Job<M>) -> Result<(), Refused> {
+        self.shared.waiting.fetch_add(1, Ordering::SeqCst);
+        match self.jobs.try_send(job) {
             Ok(()) => Ok(()),
             Err(err) => {
-                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
                 Err(match err {
                     TrySendError::Full(_) => Refused::Busy,
                     TrySendError::Disconnected(_) => Refused::Stopped,
@@ -163,143 +226,43 @@ impl Engine {
         }
     }
 
-    /// Jobs waiting for a model thread.
+    /// Jobs waiting for a place in the batch.
     pub fn queue_depth(&self) -> usize {
-        self.waiting.load(Ordering::SeqCst)
+        self.shared.waiting.load(Ordering::SeqCst)
+    }
+
+    /// What the engine holds now.
+    pub fn load(&self) -> Load {
+        Load {
+            waiting: self.queue_depth(),
+            running: self.shared.running.load(Ordering::SeqCst),
+            kv_cache_used_bytes: self.shared.kv_used.load(Ordering::SeqCst),
+            kv_cache_capacity_bytes: self.limits.kv_cache_bytes,
+        }
     }
 }
 
-fn run(job: Job) {
-    let Job {
-        admission,
-        generator,
-        messages,
-        params,
-        events,
-        span: _,
-    } = job;
-    run_generation(&*generator, &messages, &params, events);
-    drop(admission); // the place is free once the answer is out
+/// The first line of a model error: errors from candle carry a backtrace that is no business of
+/// the client.
+fn first_line(err: &GenerationError) -> String {
+    err.to_string()
+        .lines()
+        .next()
+        .unwrap_or("generation failed")
+        .to_string()
 }
 
-fn run_generation(
-    generator: &dyn Model,
-    messages: &[ChatMessage],
-    params: &GenerationParams,
-    events: async_mpsc::Sender<Event>,
-) {
-    if events.is_closed() {
-        return; // the client left while the job waited
-    }
-    let result = generator.generate(messages, params, &mut |text| {
-        match events.blocking_send(Event::Text(text.to_string())) {
-            Ok(()) => Flow::Continue,
-            Err(_) => Flow::Stop, // the client went away
-        }
-    });
-    let last = match result {
-        Ok(completion) => {
-            tracing::info!(
-                prompt_tokens = completion.usage.prompt_tokens,
-                completion_tokens = completion.usage.completion_tokens,
-                finish = ?completion.finish_reason,
-                "generated"
-            );
-            Event::Done(completion)
-        }
-        // The first line: errors from the model carry a backtrace that is no business of the client.
-        Err(err) => Event::Failed(
-            err.to_string()
-                .lines()
-                .next()
-                .unwrap_or("generation failed")
-                .to_string(),
-        ),
-    };
-    let _ = events.blocking_send(last);
+/// Runs `f`, turning a panic into its message.
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default()
+    })
 }
 
-#[cfg(test)]
-mod tests {
-    use engram_shared::generation::{FinishReason, Timings, Usage};
-
-    use super::*;
-
-    /// A stand-in model that panics on the word "panic" and otherwise echoes the question: the
-    /// engine's recovery is what is tested, not a model.
-    struct Echo;
-
-    impl Model for Echo {
-        fn generate(
-            &self,
-            messages: &[ChatMessage],
-            _: &GenerationParams,
-            on_text: &mut dyn FnMut(&str) -> Flow,
-        ) -> Result<Completion, GenerationError> {
-            let text = messages.last().map(|m| m.content.clone()).unwrap_or_default();
-            assert!(text != "panic", "a bug in the model");
-            on_text(&text);
-            Ok(Completion {
-                text,
-                usage: Usage {
-                    prompt_tokens: 1,
-                    completion_tokens: 1,
-                },
-                finish_reason: FinishReason::Stop,
-                timings: Timings::default(),
-            })
-        }
-    }
-
-    async fn ask(engine: &Engine, question: &str) -> Vec<Event> {
-        let (events, mut received) = async_mpsc::channel(8);
-        engine
-            .submit(Job {
-                admission: engine.admit().expect("a place"),
-                generator: Arc::new(Echo),
-                messages: vec![ChatMessage::new(engram_shared::generation::Role::User, question)],
-                params: GenerationParams::default(),
-                events,
-                span: tracing::Span::none(),
-            })
-            .expect("queued");
-        let mut all = Vec::new();
-        while let Some(event) = received.recv().await {
-            all.push(event);
-        }
-        all
-    }
-
-    #[tokio::test]
-    async fn a_panic_fails_its_request_and_the_one_thread_serves_the_next() {
-        let engine = Engine::start(1, 4);
-        let crashed = ask(&engine, "panic").await;
-        assert!(
-            matches!(crashed.as_slice(), [Event::Crashed(why)] if why.contains("internal error")),
-            "{crashed:?}"
-        );
-        for _ in 0..3 {
-            let answered = ask(&engine, "still here?").await;
-            assert!(
-                matches!(answered.as_slice(), [Event::Text(_), Event::Done(c)] if c.text == "still here?"),
-                "{answered:?}"
-            );
-        }
-        assert_eq!(engine.queue_depth(), 0);
-    }
-
-    #[tokio::test]
-    async fn admission_takes_a_place_per_request_and_refuses_beyond_workers_plus_queue() {
-        let engine = Engine::start(1, 2);
-        let places: Vec<Admission> = (0..3).map(|_| engine.admit().expect("three places")).collect();
-        assert_eq!(
-            engine.admit().unwrap_err(),
-            Refused::Busy,
-            "the fourth is refused before any work"
-        );
-        drop(places);
-        let answered = ask(&engine, "after").await;
-        assert!(matches!(answered.last(), Some(Event::Done(_))), "{answered:?}");
-        assert!(engine.admit().is_ok(), "a finished job gives its place back");
-    }
-}
+/// What a client is told when the model panicked on its request.
+const CRASHED: &str =
+    "the model failed on this request (an internal error, logged): retry, and report it if it persists";

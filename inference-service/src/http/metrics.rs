@@ -42,7 +42,7 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
         .ok()
         .map(|i| (i.version.to_string(), i.manifest.embedding_model.clone()));
     let body = state.metrics.render(
-        state.engine.queue_depth(),
+        state.engine.load(),
         model.as_ref().map(|(id, version)| (id.as_str(), version.as_str())),
         index
             .as_ref()

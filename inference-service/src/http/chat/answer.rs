@@ -32,11 +32,10 @@ pub(super) fn now() -> u64 {
 
 /// The answer when the notes hold nothing close enough: the same events a generation sends, so
 /// streamed and whole responses look as they always do.
-pub(super) fn abstention(events: &mpsc::Sender<Event>) {
+pub(super) fn abstention(events: &mpsc::UnboundedSender<Event>) {
     let text = abstain::ABSTENTION.to_string();
-    // The channel is new and holds 64 events: both fit.
-    let _ = events.try_send(Event::Text(text.clone()));
-    let _ = events.try_send(Event::Done(Completion {
+    let _ = events.send(Event::Text(text.clone()));
+    let _ = events.send(Event::Done(Completion {
         text,
         usage: generation::Usage {
             prompt_tokens: 0,
@@ -121,7 +120,10 @@ pub(super) struct Answer {
 }
 
 impl Answer {
-    pub(super) async fn whole(mut self, mut events: mpsc::Receiver<Event>) -> Result<Json<ChatCompletion>, ApiError> {
+    pub(super) async fn whole(
+        mut self,
+        mut events: mpsc::UnboundedReceiver<Event>,
+    ) -> Result<Json<ChatCompletion>, ApiError> {
         let watch = &mut self.watch;
         let completion = tokio::time::timeout(self.timeout, async {
             while let Some(event) = events.recv().await {
@@ -165,7 +167,7 @@ impl Answer {
         }))
     }
 
-    pub(super) fn stream(self, mut events: mpsc::Receiver<Event>, include_usage: bool) -> impl IntoResponse {
+    pub(super) fn stream(self, mut events: mpsc::UnboundedReceiver<Event>, include_usage: bool) -> impl IntoResponse {
         let (out, lines) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
         let Answer {
             header,

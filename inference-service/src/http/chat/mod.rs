@@ -107,7 +107,7 @@ pub async fn completions(
     let abstaining = retrieving
         && retrieval.and_then(|r| r.abstain) != Some(false)
         && abstain::should_abstain(report.closest, min_relevance);
-    let (events_tx, events) = mpsc::channel(64);
+    let (events_tx, events) = mpsc::unbounded_channel();
     let sources = if abstaining {
         tracing::info!(closest = ?report.closest, min_relevance, "nothing close enough: the notes do not say");
         report.abstained = true;

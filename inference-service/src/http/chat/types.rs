@@ -190,6 +190,10 @@ pub struct ChatRequest {
     /// Retrieval options.
     #[serde(default, deserialize_with = "object")]
     pub retrieval: Option<Retrieval>,
+    /// Keep generating past the model's end of turn, to `max_tokens` (an extension, as in
+    /// llama.cpp's server and vLLM: benchmarks need a fixed number of tokens).
+    #[serde(default)]
+    pub ignore_eos: Option<bool>,
 }
 
 /// Token counts of one answer.

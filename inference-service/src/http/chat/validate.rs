@@ -128,6 +128,7 @@ pub fn validate(
         seed,
         stop,
         repetition_penalty: 1.1,
+        ignore_eos: request.ignore_eos == Some(true),
         ..GenerationParams::default()
     };
     Ok((messages, params))

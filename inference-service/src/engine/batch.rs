@@ -1,0 +1,163 @@
+//! The running batch and one step of it.
+//!
+//! A step reads one chunk of one prompt (the oldest sequence still reading its prompt, so prompts
+//! are served first come, first served, and chunk boundaries depend on the sequence alone), then
+//! decodes one token for every sequence past its prompt: one call, one pass over the weights, per
+//! model (two models run side by side only while a newly promoted one takes over). Every piece of
+//! text goes to its client as soon as the step makes it.
+
+use std::sync::Arc;
+
+use engram_shared::generation::{GenerationError, Step};
+
+use super::{CRASHED, Event, Job, Model, first_line, guarded};
+
+/// A sequence in the batch, with its job's place and KV reservation.
+pub(super) struct Running<M: Model> {
+    pub(super) job: Job<M>,
+    pub(super) sequence: M::Sequence,
+    pub(super) kv_bytes: usize,
+    /// Ended (answered, failed, or its client left): leaves the batch after the step.
+    pub(super) done: bool,
+}
+
+/// The sequences being generated.
+pub(super) struct Batch<M: Model> {
+    pub(super) running: Vec<Running<M>>,
+}
+
+/// What a model call gave one sequence: its step, the model's error, or a panic's message.
+type Outcome = Result<Result<Step, String>, String>;
+
+impl<M: Model> Batch<M> {
+    pub(super) fn new() -> Self {
+        Batch { running: Vec::new() }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// Marks the sequences whose clients went away: their places are freed after this step.
+    pub(super) fn drop_abandoned(&mut self) {
+        for running in &mut self.running {
+            if running.job.events.is_closed() {
+                running.done = true;
+            }
+        }
+    }
+
+    /// One step: a chunk of the oldest waiting prompt, then a token for every other sequence.
+    /// Returns how many sequences each decode call ran.
+    pub(super) fn step(&mut self, prefill_chunk: usize) -> Vec<usize> {
+        let reading = |r: &Running<M>| !r.done && r.job.generator.prompt_left(&r.sequence) > 0;
+        if let Some(i) = self.running.iter().position(reading) {
+            let running = &mut self.running[i];
+            let span = running.job.span.clone();
+            let _entered = span.enter();
+            let generator = running.job.generator.clone();
+            let outcome = guarded(|| generator.prefill(&mut running.sequence, prefill_chunk))
+                .map(|r| r.map_err(|e| first_line(&e)));
+            deliver(running, outcome);
+        }
+        let decoding = |r: &Running<M>| !r.done && r.job.generator.prompt_left(&r.sequence) == 0;
+        let mut models: Vec<Arc<M>> = Vec::new();
+        for running in self.running.iter().filter(|r| decoding(r)) {
+            if !models.iter().any(|m| Arc::ptr_eq(m, &running.job.generator)) {
+                models.push(running.job.generator.clone());
+            }
+        }
+        let mut sizes = Vec::with_capacity(models.len());
+        for model in models {
+            let (members, mut sequences): (Vec<usize>, Vec<&mut M::Sequence>) = self
+                .running
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, r)| decoding(r) && Arc::ptr_eq(&r.job.generator, &model))
+                .map(|(i, r)| (i, &mut r.sequence))
+                .unzip();
+            sizes.push(members.len());
+            let outcome: Result<Result<Vec<Step>, GenerationError>, String> = guarded(|| model.decode(&mut sequences));
+            drop(sequences);
+            match outcome {
+                Ok(Ok(steps)) if steps.len() == members.len() => {
+                    for (i, step) in members.into_iter().zip(steps) {
+                        deliver(&mut self.running[i], Ok(Ok(step)));
+                    }
+                }
+                Ok(Ok(steps)) => {
+                    let why = format!(
+                        "the model returned {} steps for {} sequences",
+                        steps.len(),
+                        members.len()
+                    );
+                    for i in members {
+                        deliver(&mut self.running[i], Err(why.clone()));
+                    }
+                }
+                Ok(Err(err)) => {
+                    let why = first_line(&err);
+                    for i in members {
+                        deliver(&mut self.running[i], Ok(Err(why.clone())));
+                    }
+                }
+                Err(panic) => {
+                    for i in members {
+                        deliver(&mut self.running[i], Err(panic.clone()));
+                    }
+                }
+            }
+        }
+        sizes
+    }
+
+    /// Takes the ended sequences out of the batch; returns the KV bytes they reserved. Their
+    /// places in the engine go back as their jobs drop.
+    pub(super) fn retire(&mut self) -> usize {
+        let mut freed = 0;
+        self.running.retain(|r| {
+            if r.done {
+                freed += r.kv_bytes;
+            }
+            !r.done
+        });
+        freed
+    }
+}
+
+/// Hands a step's outcome to the sequence's client.
+fn deliver<M: Model>(running: &mut Running<M>, outcome: Outcome) {
+    let _entered = running.job.span.enter();
+    let events = &running.job.events;
+    match outcome {
+        Ok(Ok(step)) => {
+            if !step.text.is_empty() && events.send(Event::Text(step.text)).is_err() {
+                running.done = true; // the client went away
+                return;
+            }
+            if let Some(completion) = step.completion {
+                tracing::info!(
+                    prompt_tokens = completion.usage.prompt_tokens,
+                    completion_tokens = completion.usage.completion_tokens,
+                    finish = ?completion.finish_reason,
+                    "generated"
+                );
+                let _ = events.send(Event::Done(completion));
+                running.done = true;
+            }
+        }
+        Ok(Err(why)) => {
+            let _ = events.send(Event::Failed(why));
+            running.done = true;
+        }
+        Err(panic) => {
+            tracing::error!(%panic, "the model panicked while generating; the request fails, the engine serves on");
+            let _ = events.send(Event::Crashed(CRASHED.to_string()));
+            running.done = true;
+        }
+    }
+}
