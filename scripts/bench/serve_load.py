@@ -30,7 +30,7 @@ def write_prompts(path, count):
         for p in sorted(root.rglob("*"))
         if p.suffix in (".md", ".html") and p.is_file()
     )
-    window, step = 2000, max(1, (len(text) - 2000) // max(count, 1))
+    window, step = 1250, max(1, (len(text) - 1250) // max(count, 1))
     prompts = [
         f"Request {i + 1}: read these notes and summarize what they say.\n\n{text[i * step:i * step + window]}"
         for i in range(count)
