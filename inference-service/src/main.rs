@@ -11,6 +11,7 @@ mod metrics;
 mod rag;
 mod reload;
 mod state;
+mod telemetry;
 
 use std::sync::{Arc, RwLock};
 
@@ -24,15 +25,30 @@ use crate::engine::Engine;
 use crate::http::AppState;
 use crate::state::Served;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let config: Config = engram_shared::config::parse_args();
-    engram_shared::logging::init(&config.log, config.log_format);
-    let result = if config.check {
-        check(&config).await
-    } else {
-        serve(&config).await
+    // Before the runtime: the trace exporter's HTTP client blocks (see telemetry).
+    let telemetry = match telemetry::init(&config.log, config.log_format) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return std::process::ExitCode::FAILURE;
+        }
     };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                if config.check {
+                    check(&config).await
+                } else {
+                    serve(&config).await
+                }
+            })
+        });
+    telemetry.shutdown();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

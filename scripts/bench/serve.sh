@@ -32,7 +32,8 @@ threads="$(nproc)"
 if [[ ! -x "$venv/bin/python" ]]; then
   python3 -m venv "$venv"
 fi
-grep -E '^httpx==' scripts/bench/requirements.txt | xargs "$venv/bin/pip" install --quiet --disable-pip-version-check
+grep -E '^(httpx|cmake)==' scripts/bench/requirements.txt | xargs "$venv/bin/pip" install --quiet --disable-pip-version-check
+cmake="$venv/bin/cmake"
 
 # llama-server, compiled once per set of CPU flags (as models.sh builds llama-cpp-python).
 flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
@@ -49,10 +50,10 @@ if [[ ! -x "$llama/llama-server" || "$(cat "$llama/cmake-flags" 2>/dev/null)" !=
     "llama-cpp-python==$version" -d "$work"
   tar xzf "$work"/llama_cpp_python-"$version".tar.gz -C "$work"
   # shellcheck disable=SC2086 # the flags are words
-  cmake -S "$work/llama_cpp_python-$version/vendor/llama.cpp" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
+  "$cmake" -S "$work/llama_cpp_python-$version/vendor/llama.cpp" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
     -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF $flags >"$out/llama-cmake.log"
-  cmake --build "$work/build" --target llama-server -j "$threads" >>"$out/llama-cmake.log"
+  "$cmake" --build "$work/build" --target llama-server -j "$threads" >>"$out/llama-cmake.log"
   mkdir -p "$llama"
   cp "$work/build/bin/llama-server" "$llama/"
   echo "$flags" >"$llama/cmake-flags"

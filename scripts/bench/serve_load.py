@@ -97,7 +97,10 @@ async def run(args):
     url = args.url.rstrip("/") + "/v1/chat/completions"
     results = []
     timeout = httpx.Timeout(args.timeout)
-    limits = httpx.Limits(max_connections=args.clients + 4)
+    # A new connection per request, as separate users would open: no request depends on whether
+    # the server kept the last one open (llama-server closes idle ones, and a reused connection it
+    # closed fails the next request).
+    limits = httpx.Limits(max_connections=args.clients + 4, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
 
         async def worker(c):

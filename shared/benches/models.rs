@@ -6,6 +6,7 @@
 //!
 //!   cargo bench -p engram-shared --bench models -- embed --batch 16 [--sentences 64] [--encoder candle]
 //!   cargo bench -p engram-shared --bench models -- generate --weights q8_0 [--prompt-tokens 150 --new-tokens 128]
+//!   cargo bench -p engram-shared --bench models -- batch --batch 8 [--prompt-tokens 520 --new-tokens 64] [--no-prefix-reuse]
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -13,7 +14,8 @@ use std::time::Instant;
 use engram_shared::embedding::{Embedder, EmbedderOptions, Encoder};
 use engram_shared::generation::kernels::{Activation, BlockFormat, Kernel, Matrix};
 use engram_shared::generation::{
-    ChatMessage, Completion, Flow, GenerationParams, Generator, GeneratorOptions, Role, Timings,
+    ChatMessage, Completion, Flow, GenerationParams, Generator, GeneratorOptions, PREFILL_CHUNK, Role, Timings,
+    WeightFormat,
 };
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
@@ -102,6 +104,88 @@ fn kernels(threads: &str) {
     }
 }
 
+/// The service's step, measured apart from HTTP: `batch` prompts of about `prompt_tokens` tokens
+/// (the service's instruction, then a question distinct from its first token), read in the
+/// engine's chunks one after another (prompt tokens/s and its median chunk), then decoded
+/// together, one token for every sequence per step (median step, aggregate decode tokens/s).
+/// `--no-prefix-reuse` reads every prompt from its first token.
+fn batch(models: &std::path::Path, threads: &str, args: &[String]) {
+    let batch: usize = arg(args, "--batch", "8").parse().expect("--batch N");
+    let prompt_tokens: usize = arg(args, "--prompt-tokens", "520").parse().expect("--prompt-tokens N");
+    let new_tokens: usize = arg(args, "--new-tokens", "64").parse().expect("--new-tokens N");
+    let reuse = !args.iter().any(|a| a == "--no-prefix-reuse");
+    let mut generator = Generator::load(
+        &models.join("SmolLM2-135M-Instruct.Q4_1.gguf"),
+        GeneratorOptions {
+            weights: WeightFormat::Packed,
+        },
+    )
+    .expect("load generator");
+    if !reuse {
+        generator = generator.without_prefix_reuse();
+    }
+    let system = ChatMessage::new(Role::System, engram_shared::answers::prompt::instruction());
+    let prompt = |i: usize| {
+        let mut question = format!("Note {i} of {batch}: summarise the following. ");
+        let messages = |q: &str| [system.clone(), ChatMessage::new(Role::User, q.to_string())];
+        while generator
+            .encode(&generator.render(&messages(&question)).unwrap())
+            .unwrap()
+            .len()
+            < prompt_tokens
+        {
+            question.push_str(&format!(
+                "Entry {i}: the index is versioned and the alias moves in one step. "
+            ));
+        }
+        messages(&question)
+    };
+    let params = GenerationParams {
+        max_tokens: new_tokens + 1,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let prompts: Vec<_> = (0..batch).map(prompt).collect();
+    let mut sequences = Vec::new();
+    let read = Instant::now();
+    let mut chunks = Vec::new();
+    let (mut read_tokens, mut prompt_total) = (0, 0);
+    // Each begins when the one before has been read, as the engine admits them one by one.
+    for messages in &prompts {
+        sequences.push(generator.begin(messages, &params).unwrap());
+        let sequence = sequences.last_mut().unwrap();
+        read_tokens += sequence.prompt_left();
+        prompt_total += sequence.prompt_tokens();
+        while sequence.prompt_left() > 0 {
+            let chunk = Instant::now();
+            generator.prefill(sequence, PREFILL_CHUNK).unwrap();
+            chunks.push(chunk.elapsed().as_secs_f64());
+        }
+    }
+    let read_s = read.elapsed().as_secs_f64();
+    let mut steps = Vec::new();
+    let decode = Instant::now();
+    for _ in 0..new_tokens {
+        let step = Instant::now();
+        let mut all: Vec<_> = sequences.iter_mut().collect();
+        generator.decode_batch(&mut all).unwrap();
+        steps.push(step.elapsed().as_secs_f64());
+    }
+    let decode_s = decode.elapsed().as_secs_f64();
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "{}",
+        serde_json::json!({ "engine": "engram", "task": "batch", "threads": threads, "batch": batch,
+          "kernel": format!("{:?}", Kernel::best()).to_lowercase(),
+          "prefix_reuse": reuse, "prompt_tokens": prompt_total / batch, "read_tokens": read_tokens / batch, "prompt_tokens_per_s": prompt_total as f64 / read_s,
+          "median_chunk_ms": median(&mut chunks) * 1e3, "median_step_ms": median(&mut steps) * 1e3,
+          "decode_tokens_per_s": (batch * new_tokens) as f64 / decode_s, "peak_rss_mib": peak_rss_mib() })
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let models = PathBuf::from(
@@ -111,10 +195,11 @@ fn main() {
     let mode = args
         .iter()
         .skip(1)
-        .find(|a| ["embed", "generate", "kernels"].contains(&a.as_str()))
+        .find(|a| ["embed", "generate", "kernels", "batch"].contains(&a.as_str()))
         .cloned();
     match mode.as_deref() {
         Some("kernels") => kernels(&threads),
+        Some("batch") => batch(&models, &threads, &args),
         Some("embed") => {
             let batch: usize = arg(&args, "--batch", "16").parse().expect("--batch N");
             let n: usize = arg(&args, "--sentences", "64").parse().expect("--sentences N");
@@ -222,7 +307,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: models (embed --batch N [--sentences N] [--encoder packed|candle] | generate [--weights q8_0] [--prompt-tokens N] [--new-tokens N] [--repeat N] | kernels)"
+                "usage: models (embed --batch N [--sentences N] [--encoder packed|candle] | generate [--weights q8_0] [--prompt-tokens N] [--new-tokens N] [--repeat N] | batch [--batch N] [--prompt-tokens N] [--new-tokens N] [--no-prefix-reuse] | kernels)"
             );
             // `cargo bench` with no arguments runs a quick default of both.
             if args.iter().any(|a| a == "--bench") {

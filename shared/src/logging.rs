@@ -18,18 +18,28 @@ pub enum LogFormat {
     Json,
 }
 
+/// A layer every event and span also goes to (the inference-service's OpenTelemetry traces).
+pub type ExtraLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
 /// Installs the global subscriber: events passing `filter` (an invalid filter falls back to
 /// `info`), written to standard error in `format`.
 pub fn init(filter: &str, format: LogFormat) {
+    init_with(filter, format, None);
+}
+
+/// [`init`], with spans and events passing the filter also given to `extra`.
+pub fn init_with(filter: &str, format: LogFormat, extra: Option<ExtraLayer>) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).try_init(),
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines: ExtraLayer = match format {
+        LogFormat::Text => lines.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Json => lines.json().with_current_span(true).with_span_list(true).boxed(),
     };
-    if let Err(err) = result {
+    let layers: Vec<ExtraLayer> = std::iter::once(lines).chain(extra).collect();
+    if let Err(err) = tracing_subscriber::registry().with(layers).with(filter).try_init() {
         eprintln!("logging is already set up: {err}");
     }
 }

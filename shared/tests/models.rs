@@ -624,3 +624,45 @@ fn a_prompt_read_in_chunks_answers_as_one_read_whole() {
         assert_eq!(chunked, whole, "chunks of {chunk}");
     }
 }
+
+#[test]
+fn a_prompt_beginning_like_the_last_one_starts_from_its_positions_and_answers_the_same() {
+    // Its own generators: other tests' prompts would replace the one kept.
+    let load = || Generator::load(&models_dir().join(GGUF), GeneratorOptions::default()).unwrap();
+    let (reusing, fresh) = (load(), load().without_prefix_reuse());
+    let system = ChatMessage::new(Role::System, engram_shared::answers::prompt::instruction());
+    let first = [
+        system.clone(),
+        ChatMessage::new(Role::User, "What is the capital of France?"),
+    ];
+    let second = [
+        system,
+        ChatMessage::new(Role::User, "Name a large city in the north of Italy."),
+    ];
+    let params = GenerationParams {
+        max_tokens: 24,
+        ..Default::default()
+    };
+    let answer = |generator: &Generator, messages: &[ChatMessage]| {
+        generator.generate(messages, &params, |_| Flow::Continue).unwrap().text
+    };
+    let expected = answer(&fresh, &second);
+    assert_eq!(
+        fresh.begin(&second, &params).unwrap().prompt_left(),
+        fresh.begin(&second, &params).unwrap().prompt_tokens(),
+        "without reuse every prompt is read from its first token"
+    );
+    answer(&reusing, &first);
+    let sequence = reusing.begin(&second, &params).unwrap();
+    let shared = sequence.prompt_tokens() - sequence.prompt_left();
+    assert!(
+        shared >= 64,
+        "the instruction's positions are reused ({shared} of {})",
+        sequence.prompt_tokens()
+    );
+    assert_eq!(answer(&reusing, &second), expected);
+    // A prompt kept whole is never reused whole: its last tokens are read again for the logits.
+    let again = reusing.begin(&second, &params).unwrap();
+    assert!(again.prompt_left() >= 2);
+    assert_eq!(answer(&reusing, &second), expected);
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use engram_shared::generation::{GenerationError, Step};
 
-use super::{CRASHED, Event, Job, Model, first_line, guarded};
+use super::{CRASHED, Event, Job, Model, Phase, first_line, guarded};
 
 /// A sequence in the batch, with its job's place and KV reservation.
 pub(super) struct Running<M: Model> {
@@ -19,6 +19,8 @@ pub(super) struct Running<M: Model> {
     pub(super) kv_bytes: usize,
     /// Ended (answered, failed, or its client left): leaves the batch after the step.
     pub(super) done: bool,
+    /// Its `prefill` span while it reads its prompt, then its `decode` span.
+    pub(super) phase: tracing::Span,
 }
 
 /// The sequences being generated.
@@ -57,11 +59,17 @@ impl<M: Model> Batch<M> {
         let reading = |r: &Running<M>| !r.done && r.job.generator.prompt_left(&r.sequence) > 0;
         if let Some(i) = self.running.iter().position(reading) {
             let running = &mut self.running[i];
-            let span = running.job.span.clone();
-            let _entered = span.enter();
             let generator = running.job.generator.clone();
-            let outcome = guarded(|| generator.prefill(&mut running.sequence, prefill_chunk))
-                .map(|r| r.map_err(|e| first_line(&e)));
+            let outcome = running.phase.in_scope(|| {
+                guarded(|| generator.prefill(&mut running.sequence, prefill_chunk))
+                    .map(|r| r.map_err(|e| first_line(&e)))
+            });
+            if matches!(outcome, Ok(Ok(_))) && generator.prompt_left(&running.sequence) == 0 {
+                // The prompt is read (and its first token sampled): the prefill span ends, and
+                // the decode span begins, before the first token is delivered.
+                drop(std::mem::replace(&mut running.phase, tracing::Span::none()));
+                running.phase = Phase::Decode.span(&running.job);
+            }
             deliver(running, outcome);
         }
         let decoding = |r: &Running<M>| !r.done && r.job.generator.prompt_left(&r.sequence) == 0;
@@ -131,7 +139,7 @@ impl<M: Model> Batch<M> {
 
 /// Hands a step's outcome to the sequence's client.
 fn deliver<M: Model>(running: &mut Running<M>, outcome: Outcome) {
-    let _entered = running.job.span.enter();
+    let _entered = running.phase.enter();
     let events = &running.job.events;
     match outcome {
         Ok(Ok(step)) => {
@@ -140,6 +148,9 @@ fn deliver<M: Model>(running: &mut Running<M>, outcome: Outcome) {
                 return;
             }
             if let Some(completion) = step.completion {
+                running
+                    .phase
+                    .record("gen_ai.usage.output_tokens", completion.usage.completion_tokens);
                 tracing::info!(
                     prompt_tokens = completion.usage.prompt_tokens,
                     completion_tokens = completion.usage.completion_tokens,

@@ -109,8 +109,44 @@ pub struct Job<M: Model = Generator> {
     /// Where the events go. Unbounded so that a slow reader never stalls the batch: a request
     /// sends at most its `max_tokens` pieces.
     pub events: async_mpsc::UnboundedSender<Event>,
-    /// The request's span (its id): the engine logs inside it.
+    /// The model's name, for the phases' span names.
+    pub model: String,
+    /// The request's span (its id): the engine's phase spans are its children.
     pub span: tracing::Span,
+}
+
+/// A job on its way to the scheduler, its `queue` span open since it was submitted.
+struct Queued<M: Model> {
+    job: Job<M>,
+    queue: tracing::Span,
+}
+
+/// A job's phase in the engine: waiting for a place in the batch, reading its prompt, or
+/// generating. Each is a span under the request's span, named `{phase} {model}` in the pattern of
+/// the GenAI semantic conventions (which name no server-side phases; see `crate::telemetry`).
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Queue,
+    Prefill,
+    Decode,
+}
+
+impl Phase {
+    fn span<M: Model>(self, job: &Job<M>) -> tracing::Span {
+        let parent = &job.span;
+        let model = job.model.as_str();
+        let empty = tracing::field::Empty;
+        match self {
+            Phase::Queue => tracing::info_span!(parent: parent, "queue",
+                otel.name = %format!("queue {model}"), gen_ai.operation.name = "queue", gen_ai.request.model = %model),
+            Phase::Prefill => tracing::info_span!(parent: parent, "prefill",
+                otel.name = %format!("prefill {model}"), gen_ai.operation.name = "prefill", gen_ai.request.model = %model,
+                engram.prefill.tokens = empty),
+            Phase::Decode => tracing::info_span!(parent: parent, "decode",
+                otel.name = %format!("decode {model}"), gen_ai.operation.name = "decode", gen_ai.request.model = %model,
+                gen_ai.usage.output_tokens = empty),
+        }
+    }
 }
 
 /// What a job reports.
@@ -149,7 +185,7 @@ struct Shared {
 
 /// The queue in front of the scheduler.
 pub struct Engine<M: Model = Generator> {
-    jobs: SyncSender<Job<M>>,
+    jobs: SyncSender<Queued<M>>,
     shared: Arc<Shared>,
     places: Arc<tokio::sync::Semaphore>,
     limits: Limits,
@@ -186,7 +222,7 @@ impl<M: Model> Engine<M> {
         };
         let places = limits.max_batch + limits.max_queue;
         // Every admitted request fits in the channel: only admission refuses.
-        let (jobs, receiver) = mpsc::sync_channel::<Job<M>>(places);
+        let (jobs, receiver) = mpsc::sync_channel::<Queued<M>>(places);
         let shared = Arc::new(Shared::default());
         let scheduler = scheduler::Scheduler::new(receiver, limits, shared.clone(), batch_size);
         std::thread::Builder::new()
@@ -214,7 +250,8 @@ impl<M: Model> Engine<M> {
     /// Queues a job (it holds its place already).
     pub fn submit(&self, job: Job<M>) -> Result<(), Refused> {
         self.shared.waiting.fetch_add(1, Ordering::SeqCst);
-        match self.jobs.try_send(job) {
+        let queue = Phase::Queue.span(&job);
+        match self.jobs.try_send(Queued { job, queue }) {
             Ok(()) => Ok(()),
             Err(err) => {
                 self.shared.waiting.fetch_sub(1, Ordering::SeqCst);

@@ -14,16 +14,28 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 
 use super::batch::{Batch, Running};
 use super::kv_cache::KvCache;
-use super::{CRASHED, Event, Job, Limits, Model, Shared, first_line, guarded};
+use super::{CRASHED, Event, Job, Limits, Model, Phase, Queued, Shared, first_line, guarded};
 
 /// A job in the queue, its sequence begun once it reached the front.
 struct Waiting<M: Model> {
     job: Job<M>,
+    /// Open while it waits (closed when it is admitted or fails).
+    queue: tracing::Span,
     begun: Option<(M::Sequence, usize)>,
 }
 
+impl<M: Model> From<Queued<M>> for Waiting<M> {
+    fn from(Queued { job, queue }: Queued<M>) -> Self {
+        Waiting {
+            job,
+            queue,
+            begun: None,
+        }
+    }
+}
+
 pub(super) struct Scheduler<M: Model> {
-    jobs: Receiver<Job<M>>,
+    jobs: Receiver<Queued<M>>,
     limits: Limits,
     shared: Arc<Shared>,
     batch_size: Option<prometheus::Histogram>,
@@ -36,7 +48,7 @@ const MIB: usize = 1 << 20;
 
 impl<M: Model> Scheduler<M> {
     pub(super) fn new(
-        jobs: Receiver<Job<M>>,
+        jobs: Receiver<Queued<M>>,
         limits: Limits,
         shared: Arc<Shared>,
         batch_size: Option<prometheus::Histogram>,
@@ -81,13 +93,13 @@ impl<M: Model> Scheduler<M> {
     fn receive(&mut self) -> bool {
         if self.batch.is_empty() && self.waiting.is_empty() {
             match self.jobs.recv() {
-                Ok(job) => self.waiting.push_back(Waiting { job, begun: None }),
+                Ok(queued) => self.waiting.push_back(queued.into()),
                 Err(_) => return false,
             }
         }
         loop {
             match self.jobs.try_recv() {
-                Ok(job) => self.waiting.push_back(Waiting { job, begun: None }),
+                Ok(queued) => self.waiting.push_back(queued.into()),
                 Err(TryRecvError::Empty) => return true,
                 Err(TryRecvError::Disconnected) => return !(self.batch.is_empty() && self.waiting.is_empty()),
             }
@@ -110,7 +122,7 @@ impl<M: Model> Scheduler<M> {
             let begun = match front.begun.take() {
                 Some(begun) => Ok(begun),
                 None => {
-                    let _entered = front.job.span.enter();
+                    let _entered = front.queue.enter();
                     let job = &front.job;
                     match guarded(|| job.generator.begin(&job.messages, &job.params)) {
                         Ok(Ok(sequence)) => {
@@ -148,15 +160,20 @@ impl<M: Model> Scheduler<M> {
                 }
                 return;
             }
-            let Some(Waiting { job, .. }) = self.waiting.pop_front() else {
+            let Some(Waiting { job, queue, .. }) = self.waiting.pop_front() else {
                 return;
             };
+            drop(queue);
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            let phase = Phase::Prefill.span(&job);
+            // What is left to read: the prompt, less the positions shared with the last one read.
+            phase.record("engram.prefill.tokens", job.generator.prompt_left(&sequence));
             self.batch.running.push(Running {
                 job,
                 sequence,
                 kv_bytes: bytes,
                 done: false,
+                phase,
             });
         }
     }

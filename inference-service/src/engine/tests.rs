@@ -84,6 +84,7 @@ fn submit<M: Model>(
             messages: vec![ChatMessage::new(Role::User, question)],
             params,
             events,
+            model: "test".into(),
             span: tracing::Span::none(),
         })
         .expect("queued");

@@ -2,12 +2,17 @@
 //! one. The id is returned in the response's `x-request-id` and is a field of the request's
 //! tracing span, so every log line written while serving it (JSON logs carry span fields) can be
 //! found with it.
+//!
+//! The span is the request's OpenTelemetry server span (see [`crate::telemetry`]): named
+//! `{method} {route}`, with the HTTP semantic conventions' attributes, and a child of the caller's
+//! span when the request carries a W3C `traceparent`.
 
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The header that carries the id, both ways.
 pub const HEADER: &str = "x-request-id";
@@ -16,6 +21,9 @@ pub const HEADER: &str = "x-request-id";
 const MAX_LEN: usize = 128;
 
 /// Middleware: tags the request with its id, serves it inside a span named `request`.
+///
+/// Added with `Router::layer`, it runs inside routing, so the matched route template is known
+/// (`{method}` alone for a path no route matched, as the conventions say).
 pub async fn tag(request: Request, next: Next) -> Response {
     let id = request
         .headers()
@@ -24,13 +32,34 @@ pub async fn tag(request: Request, next: Next) -> Response {
         .filter(|id| acceptable(id))
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let method = request.method().as_str().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let name = match &route {
+        Some(route) => format!("{method} {route}"),
+        None => method.clone(),
+    };
     let span = tracing::info_span!(
         "request",
+        otel.name = %name,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
         request_id = %id,
-        method = %request.method(),
-        path = %request.uri().path(),
+        http.request.method = %method,
+        http.route = route.as_deref(),
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
     );
-    let mut response = next.run(request).instrument(span).await;
+    // Errors here are "no OpenTelemetry layer installed": then there is nothing to join.
+    let _ = span.set_parent(crate::telemetry::caller_context(request.headers()));
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(HEADER, value);
     }

@@ -17,6 +17,7 @@ pub mod followup;
 pub mod prompt;
 
 use std::sync::Arc;
+use tracing::Instrument;
 
 use crate::embedding::{Embedder, EmbeddingError};
 use crate::vectors::hybrid::{self, Fusion, HybridQuery, Scored};
@@ -48,7 +49,15 @@ pub async fn retrieve(
 ) -> Result<Scored, RetrievalError> {
     let model = embedder.clone();
     let text = question.to_string();
+    // The query's embedding is its own span, in the GenAI conventions' name and attributes.
+    let span = tracing::info_span!(
+        "embeddings",
+        otel.name = %format!("embeddings {}", embedder.model_id()),
+        gen_ai.operation.name = "embeddings",
+        gen_ai.request.model = %embedder.model_id(),
+    );
     let embeddings = tokio::task::spawn_blocking(move || model.embed(&[text]))
+        .instrument(span)
         .await
         .map_err(|e| RetrievalError::Thread(e.to_string()))??;
     let dense = embeddings.vectors.into_iter().next().unwrap_or_default();

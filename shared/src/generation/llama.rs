@@ -54,6 +54,37 @@ pub struct Cache {
     positions: usize,
 }
 
+impl Cache {
+    /// Positions held.
+    pub fn positions(&self) -> usize {
+        self.positions
+    }
+
+    /// An empty cache with as many layers.
+    pub fn empty_like(&self) -> Cache {
+        Cache {
+            keys: vec![Vec::new(); self.keys.len()],
+            values: vec![Vec::new(); self.values.len()],
+            positions: 0,
+        }
+    }
+
+    /// Makes this cache hold the first `positions` positions of `from`, of the same model.
+    pub fn copy_prefix(&mut self, from: &Cache, positions: usize) {
+        assert!(
+            positions <= from.positions && self.keys.len() == from.keys.len(),
+            "a prefix of a cache of the same model"
+        );
+        let row = from.keys.first().map_or(0, |k| k.len() / from.positions.max(1));
+        let layers = self.keys.iter_mut().zip(&from.keys);
+        for (to, from) in layers.chain(self.values.iter_mut().zip(&from.values)) {
+            to.clear();
+            to.extend_from_slice(&from[..positions * row]);
+        }
+        self.positions = positions;
+    }
+}
+
 /// The shape of a llama-family model, as its file declares it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Shape {
@@ -606,15 +637,19 @@ impl Llama {
                 cache.keys[l].extend_from_slice(&k[s * kv_dim..(s + 1) * kv_dim]);
                 cache.values[l].extend_from_slice(&v[s * kv_dim..(s + 1) * kv_dim]);
             }
-            // One task per (generation, query head), as a decoded token alone has one per head.
+            // One task per (generation, key/value head), for the query heads sharing it (each key
+            // and value row read once for them, as a prompt's tasks do; a head's output does not
+            // depend on the heads beside it). A token decoded alone has one task per query head
+            // instead, to keep every thread busy.
             let caches = &*caches;
             let q = &q[..];
-            let tasks: Vec<(usize, &mut [f32])> = attended.chunks_mut(head_dim).enumerate().collect();
+            let per_task = if n == 1 { 1 } else { group };
+            let tasks: Vec<(usize, &mut [f32])> = attended.chunks_mut(per_task * head_dim).enumerate().collect();
             for_each(tasks, |(i, out)| {
-                let (s, head) = (i / heads, i % heads);
+                let (s, head) = (i / (heads / per_task), i % (heads / per_task) * per_task);
                 let kv = head / group;
                 let attention = Attention {
-                    queries: &q[s * dim + head * head_dim..][..head_dim],
+                    queries: &q[s * dim + head * head_dim..][..per_task * head_dim],
                     keys: &caches[s].keys[l][kv * head_dim..],
                     values: &caches[s].values[l][kv * head_dim..],
                     stride: kv_dim,

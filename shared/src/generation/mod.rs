@@ -14,6 +14,7 @@ pub mod gguf_tokenizer;
 pub mod hf;
 pub mod kernels;
 pub mod llama;
+pub mod prefix_cache;
 pub mod prompt_tokens;
 mod sampling;
 pub mod sequence;
@@ -193,6 +194,9 @@ pub struct Generator {
     context_length: usize,
     model_id: String,
     device: Device,
+    /// The last prompt's keys and values, for prompts that begin the same way (packed only);
+    /// `None` when reuse is turned off ([`Generator::without_prefix_reuse`]).
+    prefixes: Option<prefix_cache::PrefixCache>,
 }
 
 impl std::fmt::Debug for Generator {
@@ -301,7 +305,15 @@ impl Generator {
             context_length,
             model_id,
             device: Device::Cpu,
+            prefixes: Some(prefix_cache::PrefixCache::default()),
         }
+    }
+
+    /// The same generator, reading every prompt whole from its first token (for measuring what
+    /// the reuse of a shared prompt prefix saves; answers are the same either way).
+    pub fn without_prefix_reuse(mut self) -> Self {
+        self.prefixes = None;
+        self
     }
 
     /// The model's id (the file's stem).

@@ -128,10 +128,19 @@ impl Generator {
             )));
         }
         let budget = params.max_tokens.min(self.context_length - prompt_tokens);
+        let mut fed = 0;
         let state = match &self.model {
             // Shared weights, private KV cache: cloning copies reference-counted tensors only.
             Model::Candle(weights, _) => State::Candle(Box::new(weights.clone())),
-            Model::Packed(llama) => State::Packed(llama.cache_for(prompt_tokens + budget)),
+            Model::Packed(llama) => {
+                let mut cache = llama.cache_for(prompt_tokens + budget);
+                // The positions shared with the last prompt read, copied; at least two tokens
+                // are left to read (a chunk is never one token alone, see `prefill`).
+                if let Some(prefixes) = &self.prefixes {
+                    fed = prefixes.restore(&tokens, 2, &mut cache);
+                }
+                State::Packed(cache)
+            }
         };
         Ok(Sequence {
             sampler: sampler(params),
@@ -139,7 +148,7 @@ impl Generator {
             params: params.clone(),
             tokens,
             prompt_tokens,
-            fed: 0,
+            fed,
             budget,
             state,
             generated: Vec::new(),
@@ -179,6 +188,11 @@ impl Generator {
                 }
                 let logits = llama.forward(&sequence.tokens[start..end], cache)?;
                 sequence.fed = end;
+                if end == sequence.prompt_tokens
+                    && let Some(prefixes) = &self.prefixes
+                {
+                    prefixes.store(&sequence.tokens[..end], cache);
+                }
                 let count = logits.len();
                 Tensor::from_vec(logits, count, &self.device)?
             }

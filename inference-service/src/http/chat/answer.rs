@@ -14,6 +14,7 @@ use engram_shared::generation::{self, Completion, FinishReason, Timings};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::types::{
     AssistantMessage, ChatCompletion, ChatCompletionChunk, Choice, ChunkChoice, Delta, Finish, RetrievalReport, Usage,
@@ -75,7 +76,16 @@ impl Watch {
         self.last = Some(now);
     }
 
+    /// Counts the tokens, and records them on the request's `chat` span (the current one).
     fn done(&self, completion: &Completion) {
+        let span = tracing::Span::current();
+        span.record("gen_ai.usage.input_tokens", completion.usage.prompt_tokens);
+        span.record("gen_ai.usage.output_tokens", completion.usage.completion_tokens);
+        let finish = Finish::from(completion.finish_reason).as_str();
+        span.set_attribute(
+            "gen_ai.response.finish_reasons",
+            opentelemetry::Value::Array(vec![opentelemetry::StringValue::from(finish)].into()),
+        );
         self.metrics.prompt_tokens.inc_by(completion.usage.prompt_tokens as u64);
         self.metrics
             .completion_tokens

@@ -16,21 +16,25 @@ mod answer;
 mod types;
 mod validate;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use engram_shared::answers::{self, abstain, followup, prompt};
+use engram_shared::generation::{ChatMessage, GenerationParams};
 use engram_shared::vectors::ChunkFilter;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 pub use types::*;
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponse};
 use super::json::ApiJson;
-use crate::engine::{Job, Refused};
+use crate::engine::{Admission, Job, Refused};
 use crate::rag;
+use crate::state::{Served, ServedModel};
 use answer::{Answer, Header, Watch, abstention, now};
 use validate::validate;
 
@@ -69,6 +73,55 @@ pub async fn completions(
         .as_ref()
         .map_err(|why| ApiError::unavailable(why.clone()))?
         .clone();
+    // The rest runs in the request's `chat {model}` span (GenAI conventions; see telemetry).
+    let span = tracing::info_span!(
+        "chat",
+        otel.name = %format!("chat {}", model.id),
+        gen_ai.operation.name = "chat",
+        gen_ai.provider.name = "engram",
+        gen_ai.request.model = %model.id,
+        gen_ai.request.max_tokens = params.max_tokens,
+        gen_ai.request.temperature = params.temperature,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+    );
+    let job = Request {
+        state,
+        request,
+        conversation,
+        params,
+        admission,
+        served,
+        model,
+        started,
+    };
+    answer(job).instrument(span).await
+}
+
+/// A checked request with its place in the engine and the snapshot it is served from.
+struct Request {
+    state: AppState,
+    request: ChatRequest,
+    conversation: Vec<ChatMessage>,
+    params: GenerationParams,
+    admission: Admission,
+    served: Arc<Served>,
+    model: Arc<ServedModel>,
+    started: Instant,
+}
+
+/// Retrieves, fits the prompt and hands the job to the engine; then delivers the answer.
+async fn answer(job: Request) -> Result<Response, ApiError> {
+    let Request {
+        state,
+        request,
+        conversation,
+        params,
+        admission,
+        served,
+        model,
+        started,
+    } = job;
     let retrieval = request.retrieval.as_ref();
     let standalone = followup::standalone_question(&conversation);
     if standalone.rewritten {
@@ -86,6 +139,14 @@ pub async fn completions(
             .and_then(|r| r.filter.clone())
             .map(ChunkFilter::from)
             .unwrap_or_default();
+        let source = format!("index-v{}", index.version);
+        let searching = tracing::info_span!(
+            "retrieval",
+            otel.name = %format!("retrieval {source}"),
+            gen_ai.operation.name = "retrieval",
+            gen_ai.data_source.id = %source,
+            gen_ai.request.top_k = top_k,
+        );
         let found = answers::retrieve(
             state.storage.vectors.as_ref(),
             &state.embedder,
@@ -94,6 +155,7 @@ pub async fn completions(
             top_k,
             filter,
         )
+        .instrument(searching)
         .await
         .map_err(ApiError::internal)?;
         report.query = standalone.question;
@@ -135,6 +197,7 @@ pub async fn completions(
             .engine
             .submit(Job {
                 admission,
+                model: model.id.clone(),
                 generator: model.generator.clone(),
                 messages: fitted.messages,
                 params,

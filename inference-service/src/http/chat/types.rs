@@ -236,6 +236,16 @@ pub enum Finish {
     Length,
 }
 
+impl Finish {
+    /// The name the API (and the GenAI conventions' `gen_ai.response.finish_reasons`) uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+        }
+    }
+}
+
 impl From<FinishReason> for Finish {
     fn from(reason: FinishReason) -> Self {
         match reason {

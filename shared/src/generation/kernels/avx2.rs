@@ -319,12 +319,14 @@ pub unsafe fn attend(attention: &super::Attention<'_>, scores: &mut Vec<f32>, ou
             scores,
             out,
             |query, scores| unsafe { head_scores::<8>(attention, query, scores) },
+            |scores| unsafe { softmax(scores) },
             |weights, out| unsafe { head_sum::<8>(attention, weights, out) },
         ),
         128 => attention.run_with(
             scores,
             out,
             |query, scores| unsafe { head_scores::<16>(attention, query, scores) },
+            |scores| unsafe { softmax(scores) },
             |weights, out| unsafe { head_sum::<16>(attention, weights, out) },
         ),
         d => attention.run_with(
@@ -337,6 +339,7 @@ pub unsafe fn attend(attention: &super::Attention<'_>, scores: &mut Vec<f32>, ou
                     *score = unsafe { dot_f32(query, key) } * attention.scale;
                 }
             },
+            |scores| unsafe { softmax(scores) },
             |weights, out| {
                 out.fill(0.0);
                 for (p, &w) in weights.iter().enumerate() {
@@ -344,6 +347,80 @@ pub unsafe fn attend(attention: &super::Attention<'_>, scores: &mut Vec<f32>, ou
                 }
             },
         ),
+    }
+}
+
+/// `e^x` for eight `x ≤ 0` (softmax's shifted scores): `2^n · p(r)` with `x = n ln 2 + r`,
+/// `|r| ≤ ln 2 / 2`, `ln 2` split in two for an exact `r`, and a degree-6 polynomial for `e^r`
+/// (relative error about 2e-7, a couple of ulps); below -87 (where `e^x` is under f32's
+/// smallest normal) it gives 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn exp8(x: __m256) -> __m256 {
+    let low = _mm256_set1_ps(-87.0);
+    let under = _mm256_cmp_ps(x, low, _CMP_LT_OQ);
+    let x = _mm256_max_ps(x, low);
+    let n = _mm256_round_ps(
+        _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+    );
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    // Taylor coefficients 1/k! from k = 6 down, by Horner's rule.
+    let mut p = _mm256_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    // 2^n through the exponent bits (n ≥ -126 here, so the result stays normal).
+    let scale = _mm256_castsi256_ps(_mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+        23,
+    ));
+    _mm256_andnot_ps(under, _mm256_mul_ps(p, scale))
+}
+
+/// [`super::softmax`] eight scores at a time: the maximum, `e^(s - max)` by [`exp8`], the total
+/// in eight running sums added in a fixed order, and the division.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn softmax(scores: &mut [f32]) {
+    let n = scores.len();
+    let whole = n - n % 8;
+    let p = scores.as_mut_ptr();
+    let mut max8 = _mm256_set1_ps(f32::NEG_INFINITY);
+    // SAFETY (all loops): offsets below `whole` read and write whole runs of eight inside `scores`.
+    for i in (0..whole).step_by(8) {
+        max8 = _mm256_max_ps(max8, unsafe { _mm256_loadu_ps(p.add(i)) });
+    }
+    let mut lanes = [0f32; 8];
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), max8) };
+    let max = lanes
+        .iter()
+        .chain(&scores[whole..])
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    let shift = _mm256_set1_ps(max);
+    let mut total8 = _mm256_setzero_ps();
+    for i in (0..whole).step_by(8) {
+        unsafe {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), shift));
+            _mm256_storeu_ps(p.add(i), e);
+            total8 = _mm256_add_ps(total8, e);
+        }
+    }
+    let mut total = sum8(total8);
+    for s in &mut scores[whole..] {
+        *s = (*s - max).exp();
+        total += *s;
+    }
+    let total8 = _mm256_set1_ps(total);
+    for i in (0..whole).step_by(8) {
+        unsafe { _mm256_storeu_ps(p.add(i), _mm256_div_ps(_mm256_loadu_ps(p.add(i)), total8)) };
+    }
+    for s in &mut scores[whole..] {
+        *s /= total;
     }
 }
 

@@ -481,6 +481,7 @@ impl Attention<'_> {
                     *score = query.iter().zip(key).map(|(x, y)| x * y).sum::<f32>() * self.scale;
                 }
             },
+            softmax,
             |weights, out| {
                 out.fill(0.0);
                 for (p, w) in weights.iter().enumerate() {
@@ -493,13 +494,14 @@ impl Attention<'_> {
     }
 
     /// [`Attention::run`]'s steps, head by head, with the scores of one query against every
-    /// visible key, and the weighted sum of the values, given.
+    /// visible key, their softmax in place, and the weighted sum of the values, given.
     #[inline(always)]
     fn run_with(
         &self,
         scores: &mut Vec<f32>,
         out: &mut [f32],
         score: impl Fn(&[f32], &mut [f32]),
+        softmax: impl Fn(&mut [f32]),
         sum: impl Fn(&[f32], &mut [f32]),
     ) {
         let (d, visible) = (self.head_dim, self.visible);
@@ -507,17 +509,22 @@ impl Attention<'_> {
         scores.resize(visible, 0.0);
         for (query, out) in self.queries.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
             score(query, scores);
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut total = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                total += *s;
-            }
-            for s in scores.iter_mut() {
-                *s /= total;
-            }
+            softmax(scores);
             sum(scores, out);
         }
+    }
+}
+
+/// Scores into attention weights, in place: `exp(s - max) / Σ exp(s - max)`.
+fn softmax(scores: &mut [f32]) {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut total = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        total += *s;
+    }
+    for s in scores.iter_mut() {
+        *s /= total;
     }
 }
 
