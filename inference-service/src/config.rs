@@ -8,7 +8,14 @@ use engram_shared::config::StorageConfig;
 
 /// engram's inference service: retrieval-augmented chat over the promoted model and the live index.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "inference-service", version, about, long_about)]
+#[command(
+    name = "inference-service",
+    version,
+    about,
+    long_about,
+    after_help = "Traces: with OTEL_EXPORTER_OTLP_ENDPOINT set (and the other standard OTEL_* variables), \
+                  spans go to that OpenTelemetry collector over OTLP/HTTP."
+)]
 pub struct Config {
     /// Address to listen on. Loopback by default; on any other address the service needs API keys
     /// (ENGRAM_API_KEYS) or ENGRAM_ALLOW_ANONYMOUS=true, or it refuses to start.

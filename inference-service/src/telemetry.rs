@@ -5,7 +5,8 @@
 //! span, sent over OTLP/HTTP (protobuf, `…/v1/traces`) in batches from the SDK's own thread, so an
 //! unreachable collector never slows a request. The other standard variables apply
 //! (`OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_SERVICE_NAME`, …). A request's
-//! W3C `traceparent` header makes its spans part of the caller's trace.
+//! W3C `traceparent` header makes its spans part of the caller's trace. Spans at `info` and above
+//! are exported whatever `ENGRAM_LOG` lets into the logs.
 //!
 //! Span names follow the OpenTelemetry semantic conventions: the HTTP server span is
 //! `{method} {route}`, a chat completion `chat {model}`, the search `retrieval {index}` with the
@@ -59,9 +60,13 @@ pub fn init(filter: &str, format: engram_shared::logging::LogFormat) -> Result<T
     } else {
         None
     };
+    // Spans at info and above, whatever the log filter: the service's own (request, chat,
+    // retrieval, embeddings, queue, prefill, decode), not the HTTP clients' debug spans (the
+    // exporter's own requests among them).
     let layer = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(SERVICE))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
             .boxed()
     });
     engram_shared::logging::init_with(filter, format, layer);

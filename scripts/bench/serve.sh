@@ -32,7 +32,7 @@ threads="$(nproc)"
 if [[ ! -x "$venv/bin/python" ]]; then
   python3 -m venv "$venv"
 fi
-grep -E '^(httpx|cmake)==' scripts/bench/requirements.txt | xargs "$venv/bin/pip" install --quiet --disable-pip-version-check
+grep -E '^(httpx|cmake|matplotlib)==' scripts/bench/requirements.txt | xargs "$venv/bin/pip" install --quiet --disable-pip-version-check
 cmake="$venv/bin/cmake"
 
 # llama-server, compiled once per set of CPU flags (as models.sh builds llama-cpp-python).

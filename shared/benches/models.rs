@@ -243,7 +243,10 @@ fn main() {
                 .position(|a| a == "--model")
                 .map(|i| std::path::PathBuf::from(&args[i + 1]))
                 .unwrap_or_else(|| models.join("SmolLM2-135M-Instruct.Q4_1.gguf"));
-            let generator = Generator::load(&model, GeneratorOptions { weights }).expect("load generator");
+            // Every timed generation reads its prompt (the repeats share it whole).
+            let generator = Generator::load(&model, GeneratorOptions { weights })
+                .expect("load generator")
+                .without_prefix_reuse();
             let load_s = load.elapsed().as_secs_f64();
             // A user message whose rendered prompt has about `prompt_tokens` tokens.
             let mut question = String::from("Summarise the following notes. ");

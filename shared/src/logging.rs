@@ -27,7 +27,8 @@ pub fn init(filter: &str, format: LogFormat) {
     init_with(filter, format, None);
 }
 
-/// [`init`], with spans and events passing the filter also given to `extra`.
+/// [`init`], with every span and event also given to `extra`, which filters them itself: the log
+/// filter is the log lines' alone (`ENGRAM_LOG=warn` must not silence the traces).
 pub fn init_with(filter: &str, format: LogFormat, extra: Option<ExtraLayer>) {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
@@ -38,8 +39,8 @@ pub fn init_with(filter: &str, format: LogFormat, extra: Option<ExtraLayer>) {
         LogFormat::Text => lines.with_ansi(std::io::stderr().is_terminal()).boxed(),
         LogFormat::Json => lines.json().with_current_span(true).with_span_list(true).boxed(),
     };
-    let layers: Vec<ExtraLayer> = std::iter::once(lines).chain(extra).collect();
-    if let Err(err) = tracing_subscriber::registry().with(layers).with(filter).try_init() {
+    let layers: Vec<ExtraLayer> = std::iter::once(lines.with_filter(filter).boxed()).chain(extra).collect();
+    if let Err(err) = tracing_subscriber::registry().with(layers).try_init() {
         eprintln!("logging is already set up: {err}");
     }
 }

@@ -15,7 +15,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::Content;
 
 use super::GenerationError;
-use super::kernels::{Activation, Attention, BLOCK, BlockFormat, Kernel, Matrix, for_each};
+use super::kernels::{Activation, Attention, BLOCK, BlockFormat, Kernel, Matrix, PromptAttention, for_each};
 
 type Result<T> = std::result::Result<T, GenerationError>;
 
@@ -736,28 +736,41 @@ impl Llama {
             }
             keys.extend_from_slice(&k);
             values.extend_from_slice(&v);
-            // Causal attention: token t sees positions 0..=start+t. A prompt's tasks are (token,
-            // key/value head) pairs, for the query heads sharing that key/value head (each key and
-            // value row read once for them); a decoded token's are single heads, to keep every
-            // thread busy. Each task writes its own slice of `attended`.
+            // Causal attention: token t sees positions 0..=start+t. A prompt chunk's is matrix
+            // products over blocks of tokens (`PromptAttention`); a decoded token's tasks are
+            // single query heads, to keep every thread busy. Each task writes its own slice of
+            // `attended`.
             let (keys, values, q) = (&keys[..], &values[..], &q[..]);
             let head_dim = self.head_dim;
-            let per_task = if n == 1 { 1 } else { group };
-            let tasks: Vec<(usize, &mut [f32])> = attended.chunks_mut(per_task * head_dim).enumerate().collect();
-            for_each(tasks, |(i, out)| {
-                let (t, head) = (i / (self.heads / per_task), i % (self.heads / per_task) * per_task);
-                let kv = head / group;
-                let attention = Attention {
-                    queries: &q[t * dim + head * head_dim..][..per_task * head_dim],
-                    keys: &keys[kv * head_dim..],
-                    values: &values[kv * head_dim..],
-                    stride: kv_dim,
-                    visible: start + t + 1,
+            if n > 1 {
+                PromptAttention {
+                    queries: q,
+                    keys,
+                    values,
+                    heads: self.heads,
+                    kv_heads: self.kv_heads,
                     head_dim,
+                    start,
+                    tokens: n,
                     scale,
-                };
-                attention.run(&mut Vec::with_capacity(start + n), out);
-            });
+                }
+                .run(&mut attended);
+            } else {
+                let tasks: Vec<(usize, &mut [f32])> = attended.chunks_mut(head_dim).enumerate().collect();
+                for_each(tasks, |(head, out)| {
+                    let kv = head / group;
+                    let attention = Attention {
+                        queries: &q[head * head_dim..][..head_dim],
+                        keys: &keys[kv * head_dim..],
+                        values: &values[kv * head_dim..],
+                        stride: kv_dim,
+                        visible: start + 1,
+                        head_dim,
+                        scale,
+                    };
+                    attention.run(&mut Vec::with_capacity(start + 1), out);
+                });
+            }
             project(&attended, n, &mut [(&layer.o, &mut projected)]);
             for (x, p) in x.iter_mut().zip(&projected) {
                 *x += p;

@@ -385,7 +385,7 @@ fn exp8(x: __m256) -> __m256 {
 /// # Safety
 /// The CPU must have AVX2 and FMA.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn softmax(scores: &mut [f32]) {
+pub unsafe fn softmax(scores: &mut [f32]) {
     let n = scores.len();
     let whole = n - n % 8;
     let p = scores.as_mut_ptr();

@@ -26,12 +26,14 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod blocks;
+mod prompt_attention;
 
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
 pub use blocks::{Activation, BlockFormat, Blocks, GROUP};
+pub use prompt_attention::PromptAttention;
 
 /// Weights per block, for both formats.
 pub const BLOCK: usize = 32;
@@ -425,7 +427,8 @@ pub fn for_each<T: Send>(tasks: Vec<T>, f: impl Fn(T) + Sync + Send) {
 
 /// `y`'s base pointer, shared by tasks that write disjoint columns.
 struct SharedOut(*mut f32);
-// SAFETY: the tasks of `Matrix::matmul` write disjoint elements through it.
+// SAFETY: the tasks of `Matrix::matmul` and `PromptAttention::run` write disjoint elements
+// through it.
 unsafe impl Sync for SharedOut {}
 
 /// Dot product of two f32 slices.
@@ -513,6 +516,16 @@ impl Attention<'_> {
             sum(scores, out);
         }
     }
+}
+
+/// Scores into attention weights, in place, with AVX2 where the CPU has it.
+fn softmax_in_place(scores: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { avx2::softmax(scores) };
+    }
+    softmax(scores);
 }
 
 /// Scores into attention weights, in place: `exp(s - max) / Σ exp(s - max)`.
