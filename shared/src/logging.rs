@@ -39,7 +39,9 @@ pub fn init_with(filter: &str, format: LogFormat, extra: Option<ExtraLayer>) {
         LogFormat::Text => lines.with_ansi(std::io::stderr().is_terminal()).boxed(),
         LogFormat::Json => lines.json().with_current_span(true).with_span_list(true).boxed(),
     };
-    let layers: Vec<ExtraLayer> = std::iter::once(lines.with_filter(filter).boxed()).chain(extra).collect();
+    let layers: Vec<ExtraLayer> = std::iter::once(lines.with_filter(filter).boxed())
+        .chain(extra)
+        .collect();
     if let Err(err) = tracing_subscriber::registry().with(layers).try_init() {
         eprintln!("logging is already set up: {err}");
     }
