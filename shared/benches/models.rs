@@ -105,7 +105,8 @@ fn kernels(threads: &str) {
 }
 
 /// The service's step, measured apart from HTTP: `batch` prompts of about `prompt_tokens` tokens
-/// (the service's instruction, then a question distinct from its first token), read in the
+/// (the service's instruction, then a question distinct from its first token: they share less than
+/// a whole chunk, so nothing is reused), read in the
 /// engine's chunks one after another (prompt tokens/s and its median chunk), then decoded
 /// together, one token for every sequence per step (median step, aggregate decode tokens/s).
 /// `--no-prefix-reuse` reads every prompt from its first token.
@@ -154,13 +155,13 @@ fn batch(models: &std::path::Path, threads: &str, args: &[String]) {
     for messages in &prompts {
         sequences.push(generator.begin(messages, &params).unwrap());
         let sequence = sequences.last_mut().unwrap();
-        read_tokens += sequence.prompt_left();
         prompt_total += sequence.prompt_tokens();
         while sequence.prompt_left() > 0 {
             let chunk = Instant::now();
             generator.prefill(sequence, PREFILL_CHUNK).unwrap();
             chunks.push(chunk.elapsed().as_secs_f64());
         }
+        read_tokens += sequence.prompt_tokens() - sequence.reused_tokens();
     }
     let read_s = read.elapsed().as_secs_f64();
     let mut steps = Vec::new();

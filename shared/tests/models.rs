@@ -580,8 +580,19 @@ fn a_long_conversation_keeps_its_last_question_drops_the_oldest_turns_and_leaves
 
 /// `messages`' greedy answer with the prompt read `chunk` tokens a step, then one token a step.
 fn stepped(generator: &Generator, question: &str, params: &GenerationParams, chunk: usize) -> (String, usize) {
-    let messages = [ChatMessage::new(Role::User, question)];
-    let mut sequence = generator.begin(&messages, params).unwrap();
+    let (text, prefills, _) = stepped_messages(generator, &[ChatMessage::new(Role::User, question)], params, chunk);
+    (text, prefills)
+}
+
+/// A generation stepped as the engine steps it, prompt chunks of `chunk`: its text, the prefill
+/// calls it took and the prompt positions it reused.
+fn stepped_messages(
+    generator: &Generator,
+    messages: &[ChatMessage],
+    params: &GenerationParams,
+    chunk: usize,
+) -> (String, usize, usize) {
+    let mut sequence = generator.begin(messages, params).unwrap();
     let mut text = String::new();
     let mut prefills = 0;
     loop {
@@ -594,7 +605,7 @@ fn stepped(generator: &Generator, question: &str, params: &GenerationParams, chu
         text.push_str(&step.text);
         if let Some(completion) = step.completion {
             assert_eq!(completion.text, text);
-            return (text, prefills);
+            return (text, prefills, sequence.reused_tokens());
         }
     }
 }
@@ -626,7 +637,7 @@ fn a_prompt_read_in_chunks_answers_as_one_read_whole() {
 }
 
 #[test]
-fn a_prompt_beginning_like_the_last_one_starts_from_its_positions_and_answers_the_same() {
+fn a_prompt_beginning_like_the_last_one_reuses_its_whole_chunks_and_samples_the_same() {
     // Its own generators: other tests' prompts would replace the one kept.
     let load = || Generator::load(&models_dir().join(GGUF), GeneratorOptions::default()).unwrap();
     let (reusing, fresh) = (load(), load().without_prefix_reuse());
@@ -639,30 +650,31 @@ fn a_prompt_beginning_like_the_last_one_starts_from_its_positions_and_answers_th
         system,
         ChatMessage::new(Role::User, "Name a large city in the north of Italy."),
     ];
+    // Seeded sampling: a token drawn near a boundary would change with the last bits of a logit.
     let params = GenerationParams {
         max_tokens: 24,
+        temperature: 0.9,
+        top_p: 0.95,
+        seed: 11,
         ..Default::default()
     };
-    let answer = |generator: &Generator, messages: &[ChatMessage]| {
-        generator.generate(messages, &params, |_| Flow::Continue).unwrap().text
-    };
-    let expected = answer(&fresh, &second);
-    assert_eq!(
-        fresh.begin(&second, &params).unwrap().prompt_left(),
-        fresh.begin(&second, &params).unwrap().prompt_tokens(),
-        "without reuse every prompt is read from its first token"
-    );
-    answer(&reusing, &first);
-    let sequence = reusing.begin(&second, &params).unwrap();
-    let shared = sequence.prompt_tokens() - sequence.prompt_left();
+    let chunk = 32;
+    let (expected, _, none) = stepped_messages(&fresh, &second, &params, chunk);
+    assert_eq!(none, 0, "without reuse every prompt is read from its first token");
+    let (_, _, cold) = stepped_messages(&reusing, &first, &params, chunk);
+    assert_eq!(cold, 0, "nothing to reuse yet");
+    let (answer, _, reused) = stepped_messages(&reusing, &second, &params, chunk);
     assert!(
-        shared >= 64,
-        "the instruction's positions are reused ({shared} of {})",
-        sequence.prompt_tokens()
+        reused >= 64 && reused.is_multiple_of(chunk),
+        "the instruction's whole chunks are reused ({reused})"
     );
-    assert_eq!(answer(&reusing, &second), expected);
-    // A prompt kept whole is never reused whole: its last tokens are read again for the logits.
-    let again = reusing.begin(&second, &params).unwrap();
-    assert!(again.prompt_left() >= 2);
-    assert_eq!(answer(&reusing, &second), expected);
+    assert_eq!(answer, expected, "the same sample as reading the prompt");
+    // Read in chunks of another size, the kept prompt is not reused.
+    let (_, _, other) = stepped_messages(&reusing, &second, &params, 48);
+    assert_eq!(other, 0);
+    // The same prompt again: all its whole chunks but the last tokens, the same sample.
+    let (again, _, reused_again) = stepped_messages(&reusing, &second, &params, 48);
+    assert!(reused_again >= 48 && reused_again.is_multiple_of(48), "{reused_again}");
+    let (expected_48, _, _) = stepped_messages(&fresh, &second, &params, 48);
+    assert_eq!(again, expected_48);
 }

@@ -44,6 +44,8 @@ pub struct Sequence {
     prompt_tokens: usize,
     /// Tokens the model has read (the cache's positions).
     fed: usize,
+    /// Prompt positions copied from the last prompt read instead of read (whole chunks).
+    reused: usize,
     /// Most tokens to generate: `max_tokens`, within the context window.
     budget: usize,
     state: State,
@@ -82,6 +84,11 @@ impl Sequence {
     /// Tokens of the rendered prompt.
     pub fn prompt_tokens(&self) -> usize {
         self.prompt_tokens
+    }
+
+    /// Prompt positions copied from the last prompt read (whole chunks it shared), not read.
+    pub fn reused_tokens(&self) -> usize {
+        self.reused
     }
 
     /// The completion so far, ended as cancelled (the caller stopped it).
@@ -128,19 +135,10 @@ impl Generator {
             )));
         }
         let budget = params.max_tokens.min(self.context_length - prompt_tokens);
-        let mut fed = 0;
         let state = match &self.model {
             // Shared weights, private KV cache: cloning copies reference-counted tensors only.
             Model::Candle(weights, _) => State::Candle(Box::new(weights.clone())),
-            Model::Packed(llama) => {
-                let mut cache = llama.cache_for(prompt_tokens + budget);
-                // The positions shared with the last prompt read, copied; at least two tokens
-                // are left to read (a chunk is never one token alone, see `prefill`).
-                if let Some(prefixes) = &self.prefixes {
-                    fed = prefixes.restore(&tokens, 2, &mut cache);
-                }
-                State::Packed(cache)
-            }
+            Model::Packed(llama) => State::Packed(llama.cache_for(prompt_tokens + budget)),
         };
         Ok(Sequence {
             sampler: sampler(params),
@@ -148,7 +146,8 @@ impl Generator {
             params: params.clone(),
             tokens,
             prompt_tokens,
-            fed,
+            fed: 0,
+            reused: 0,
             budget,
             state,
             generated: Vec::new(),
@@ -180,9 +179,20 @@ impl Generator {
                 let Model::Packed(llama) = &self.model else {
                     unreachable!("a packed sequence runs on a packed model")
                 };
+                let chunk = chunk.max(2);
+                let mut start = start;
+                if start == 0
+                    && let Some(prefixes) = &self.prefixes
+                {
+                    // The whole chunks shared with the last prompt read, copied; at least two
+                    // tokens are left to read (a chunk is never one token alone, see below).
+                    start = prefixes.restore(&sequence.tokens[..sequence.prompt_tokens], chunk, 2, cache);
+                    sequence.reused = start;
+                    sequence.fed = start;
+                }
                 // A chunk never leaves one token alone: a single token takes the decode path's
                 // 16-bit product, a chunk the f32 one, and the answer must not depend on chunking.
-                let mut end = (start + chunk.max(2)).min(sequence.prompt_tokens);
+                let mut end = (start + chunk).min(sequence.prompt_tokens);
                 if sequence.prompt_tokens - end == 1 {
                     end += 1;
                 }
@@ -191,7 +201,7 @@ impl Generator {
                 if end == sequence.prompt_tokens
                     && let Some(prefixes) = &self.prefixes
                 {
-                    prefixes.store(&sequence.tokens[..end], cache);
+                    prefixes.store(&sequence.tokens[..end], chunk, cache);
                 }
                 let count = logits.len();
                 Tensor::from_vec(logits, count, &self.device)?
