@@ -87,6 +87,12 @@ impl Telemetry {
     }
 }
 
+/// A count as a span attribute: OpenTelemetry's integers are signed (tracing-opentelemetry
+/// writes unsigned fields as strings).
+pub fn int(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
 /// The caller's trace context from a request's `traceparent` (and `tracestate`) headers.
 pub fn caller_context(headers: &axum::http::HeaderMap) -> opentelemetry::Context {
     TraceContextPropagator::new().extract(&Headers(headers))

@@ -148,9 +148,10 @@ fn deliver<M: Model>(running: &mut Running<M>, outcome: Outcome) {
                 return;
             }
             if let Some(completion) = step.completion {
-                running
-                    .phase
-                    .record("gen_ai.usage.output_tokens", completion.usage.completion_tokens);
+                running.phase.record(
+                    "gen_ai.usage.output_tokens",
+                    crate::telemetry::int(completion.usage.completion_tokens),
+                );
                 tracing::info!(
                     prompt_tokens = completion.usage.prompt_tokens,
                     completion_tokens = completion.usage.completion_tokens,

@@ -167,7 +167,10 @@ impl<M: Model> Scheduler<M> {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
             let phase = Phase::Prefill.span(&job);
             // What is left to read: the prompt, less the positions shared with the last one read.
-            phase.record("engram.prefill.tokens", job.generator.prompt_left(&sequence));
+            phase.record(
+                "engram.prefill.tokens",
+                crate::telemetry::int(job.generator.prompt_left(&sequence)),
+            );
             self.batch.running.push(Running {
                 job,
                 sequence,

@@ -56,7 +56,7 @@ pub async fn tag(request: Request, next: Next) -> Response {
     let _ = span.set_parent(crate::telemetry::caller_context(request.headers()));
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
-    span.record("http.response.status_code", status.as_u16());
+    span.record("http.response.status_code", i64::from(status.as_u16()));
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
     }

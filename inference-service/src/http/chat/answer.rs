@@ -23,6 +23,7 @@ use crate::engine::Event;
 use crate::http::error::{ApiError, ErrorResponse};
 use crate::metrics::Metrics;
 use crate::rag::{self, SourceRef};
+use crate::telemetry;
 
 pub(super) fn now() -> u64 {
     SystemTime::now()
@@ -79,8 +80,14 @@ impl Watch {
     /// Counts the tokens, and records them on the request's `chat` span (the current one).
     fn done(&self, completion: &Completion) {
         let span = tracing::Span::current();
-        span.record("gen_ai.usage.input_tokens", completion.usage.prompt_tokens);
-        span.record("gen_ai.usage.output_tokens", completion.usage.completion_tokens);
+        span.record(
+            "gen_ai.usage.input_tokens",
+            telemetry::int(completion.usage.prompt_tokens),
+        );
+        span.record(
+            "gen_ai.usage.output_tokens",
+            telemetry::int(completion.usage.completion_tokens),
+        );
         let finish = Finish::from(completion.finish_reason).as_str();
         span.set_attribute(
             "gen_ai.response.finish_reasons",

@@ -33,8 +33,8 @@ use super::AppState;
 use super::error::{ApiError, ErrorResponse};
 use super::json::ApiJson;
 use crate::engine::{Admission, Job, Refused};
-use crate::rag;
 use crate::state::{Served, ServedModel};
+use crate::{rag, telemetry};
 use answer::{Answer, Header, Watch, abstention, now};
 use validate::validate;
 
@@ -80,7 +80,7 @@ pub async fn completions(
         gen_ai.operation.name = "chat",
         gen_ai.provider.name = "engram",
         gen_ai.request.model = %model.id,
-        gen_ai.request.max_tokens = params.max_tokens,
+        gen_ai.request.max_tokens = telemetry::int(params.max_tokens),
         gen_ai.request.temperature = params.temperature,
         gen_ai.usage.input_tokens = tracing::field::Empty,
         gen_ai.usage.output_tokens = tracing::field::Empty,
@@ -145,7 +145,7 @@ async fn answer(job: Request) -> Result<Response, ApiError> {
             otel.name = %format!("retrieval {source}"),
             gen_ai.operation.name = "retrieval",
             gen_ai.data_source.id = %source,
-            gen_ai.request.top_k = top_k,
+            gen_ai.request.top_k = telemetry::int(top_k),
         );
         let found = answers::retrieve(
             state.storage.vectors.as_ref(),
