@@ -8,11 +8,13 @@
 //! to zero), and the weighted sum of the values is gemm again, accumulated over fixed blocks of
 //! [`POSITION_BLOCK`] positions.
 //!
-//! A token's output does not depend on how the prompt is cut into chunks: its scores are dot
-//! products over the head's features alone, its softmax sees exactly its visible positions, and
-//! its sum over positions is taken in blocks that start at position 0 whatever the chunk (the
-//! blocks' invisible positions weigh exactly zero). So a prompt read in chunks, or after a reused
-//! prefix, answers as one read whole (`tests/models.rs`).
+//! The attention itself is laid out so that a token's output does not depend on how the prompt
+//! is cut into chunks: its scores are dot products over the head's features alone, its softmax
+//! sees exactly its visible positions, and its sum over positions is taken in blocks that start at
+//! position 0 whatever the chunk (the blocks' invisible positions weigh exactly zero). The weight
+//! products around it may still differ in their last bits between chunk sizes, which is why a
+//! reused prompt prefix is reused in whole chunks only (`super::super::prefix_cache`); greedy
+//! answers are the same however a prompt is chunked (`tests/models.rs`).
 
 use super::{SharedOut, for_each, softmax_in_place};
 
