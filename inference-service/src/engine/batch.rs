@@ -123,17 +123,14 @@ impl<M: Model> Batch<M> {
         sizes
     }
 
-    /// Takes the ended sequences out of the batch; returns the KV bytes they reserved. Their
-    /// places in the engine go back as their jobs drop.
-    pub(super) fn retire(&mut self) -> usize {
-        let mut freed = 0;
-        self.running.retain(|r| {
-            if r.done {
-                freed += r.kv_bytes;
-            }
-            !r.done
-        });
-        freed
+    /// Takes the ended sequences out of the batch (the rest keep their order); returns the KV
+    /// bytes they reserved and the sequences themselves. Dropping those ends their jobs (their
+    /// clients see their event channels close, their places go back), so the caller drops them
+    /// only after the counters say they are gone.
+    pub(super) fn retire(&mut self) -> (usize, Vec<Running<M>>) {
+        let (ended, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running).into_iter().partition(|r| r.done);
+        self.running = running;
+        (ended.iter().map(|r| r.kv_bytes).sum(), ended)
     }
 }
 

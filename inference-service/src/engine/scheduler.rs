@@ -75,9 +75,10 @@ impl<M: Model> Scheduler<M> {
                     histogram.observe(size as f64);
                 }
             }
-            let freed = self.batch.retire();
+            let (freed, ended) = self.batch.retire();
             self.kv.release(freed);
             self.publish();
+            drop(ended);
         }
     }
 
