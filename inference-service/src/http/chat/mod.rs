@@ -16,13 +16,11 @@ mod answer;
 mod types;
 mod validate;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use engram_shared::answers::{self, abstain, followup, prompt};
-use engram_shared::generation::{ChatMessage, GenerationParams};
 use engram_shared::vectors::ChunkFilter;
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -32,8 +30,7 @@ pub use types::*;
 use super::AppState;
 use super::error::{ApiError, ErrorResponse};
 use super::json::ApiJson;
-use crate::engine::{Admission, Job, Refused};
-use crate::state::{Served, ServedModel};
+use crate::engine::{Job, Refused};
 use crate::{rag, telemetry};
 use answer::{Answer, Header, Watch, abstention, now};
 use validate::validate;
@@ -85,150 +82,119 @@ pub async fn completions(
         gen_ai.usage.input_tokens = tracing::field::Empty,
         gen_ai.usage.output_tokens = tracing::field::Empty,
     );
-    let job = Request {
-        state,
-        request,
-        conversation,
-        params,
-        admission,
-        served,
-        model,
-        started,
-    };
-    answer(job).instrument(span).await
-}
-
-/// A checked request with its place in the engine and the snapshot it is served from.
-struct Request {
-    state: AppState,
-    request: ChatRequest,
-    conversation: Vec<ChatMessage>,
-    params: GenerationParams,
-    admission: Admission,
-    served: Arc<Served>,
-    model: Arc<ServedModel>,
-    started: Instant,
-}
-
-/// Retrieves, fits the prompt and hands the job to the engine; then delivers the answer.
-async fn answer(job: Request) -> Result<Response, ApiError> {
-    let Request {
-        state,
-        request,
-        conversation,
-        params,
-        admission,
-        served,
-        model,
-        started,
-    } = job;
-    let retrieval = request.retrieval.as_ref();
-    let standalone = followup::standalone_question(&conversation);
-    if standalone.rewritten {
-        tracing::info!(query = %standalone.question, "a follow-up is searched with the question it follows");
-    }
-    let retrieving = retrieval.and_then(|r| r.enabled) != Some(false) && !standalone.question.is_empty();
-    let mut report = RetrievalReport::default();
-    let hits = if retrieving {
-        let index = served
-            .index
-            .as_ref()
-            .map_err(|why| ApiError::unavailable(why.clone()))?;
-        let top_k = retrieval.and_then(|r| r.top_k).unwrap_or(state.top_k);
-        let filter = retrieval
-            .and_then(|r| r.filter.clone())
-            .map(ChunkFilter::from)
-            .unwrap_or_default();
-        let source = format!("index-v{}", index.version);
-        let searching = tracing::info_span!(
-            "retrieval",
-            otel.name = %format!("retrieval {source}"),
-            gen_ai.operation.name = "retrieval",
-            gen_ai.data_source.id = %source,
-            gen_ai.request.top_k = telemetry::int(top_k),
-        );
-        let found = answers::retrieve(
-            state.storage.vectors.as_ref(),
-            &state.embedder,
-            index.version,
-            &standalone.question,
-            top_k,
-            filter,
-        )
-        .instrument(searching)
-        .await
-        .map_err(ApiError::internal)?;
-        report.query = standalone.question;
-        report.rewritten = standalone.rewritten;
-        report.closest = found.closest;
-        found.hits
-    } else {
-        Vec::new()
-    };
-    let min_relevance = retrieval.and_then(|r| r.min_relevance).unwrap_or(state.min_relevance);
-    let abstaining = retrieving
-        && retrieval.and_then(|r| r.abstain) != Some(false)
-        && abstain::should_abstain(report.closest, min_relevance);
-    let (events_tx, events) = mpsc::unbounded_channel();
-    let sources = if abstaining {
-        tracing::info!(closest = ?report.closest, min_relevance, "nothing close enough: the notes do not say");
-        report.abstained = true;
-        state.metrics.abstentions.inc();
-        abstention(&events_tx);
-        Vec::new()
-    } else {
-        let generator = model.generator.clone();
-        let max_tokens = params.max_tokens;
-        let max_prompt_tokens = state.limits.max_prompt_tokens;
-        let fitted = tokio::task::spawn_blocking(move || {
-            prompt::fit(&generator, &conversation, &hits, max_tokens, max_prompt_tokens).map(|p| (p, hits))
-        })
-        .await
-        .map_err(ApiError::internal)?;
-        let (fitted, hits) = fitted?;
-        report.dropped_turns = fitted.dropped_turns;
-        if fitted.dropped_turns > 0 {
-            tracing::info!(
-                dropped = fitted.dropped_turns,
-                "earlier turns left out for lack of room"
-            );
+    // Retrieves, fits the prompt and hands the job to the engine; then delivers the answer.
+    let answer: Result<Response, ApiError> = async move {
+        let retrieval = request.retrieval.as_ref();
+        let standalone = followup::standalone_question(&conversation);
+        if standalone.rewritten {
+            tracing::info!(query = %standalone.question, "a follow-up is searched with the question it follows");
         }
-        state
-            .engine
-            .submit(Job {
-                admission,
-                model: model.id.clone(),
-                generator: model.generator.clone(),
-                messages: fitted.messages,
-                params,
-                events: events_tx,
-                span: tracing::Span::current(),
+        let retrieving = retrieval.and_then(|r| r.enabled) != Some(false) && !standalone.question.is_empty();
+        let mut report = RetrievalReport::default();
+        let hits = if retrieving {
+            let index = served
+                .index
+                .as_ref()
+                .map_err(|why| ApiError::unavailable(why.clone()))?;
+            let top_k = retrieval.and_then(|r| r.top_k).unwrap_or(state.top_k);
+            let filter = retrieval
+                .and_then(|r| r.filter.clone())
+                .map(ChunkFilter::from)
+                .unwrap_or_default();
+            let source = format!("index-v{}", index.version);
+            let searching = tracing::info_span!(
+                "retrieval",
+                otel.name = %format!("retrieval {source}"),
+                gen_ai.operation.name = "retrieval",
+                gen_ai.data_source.id = %source,
+                gen_ai.request.top_k = telemetry::int(top_k),
+            );
+            let found = answers::retrieve(
+                state.storage.vectors.as_ref(),
+                &state.embedder,
+                index.version,
+                &standalone.question,
+                top_k,
+                filter,
+            )
+            .instrument(searching)
+            .await
+            .map_err(ApiError::internal)?;
+            report.query = standalone.question;
+            report.rewritten = standalone.rewritten;
+            report.closest = found.closest;
+            found.hits
+        } else {
+            Vec::new()
+        };
+        let min_relevance = retrieval.and_then(|r| r.min_relevance).unwrap_or(state.min_relevance);
+        let abstaining = retrieving
+            && retrieval.and_then(|r| r.abstain) != Some(false)
+            && abstain::should_abstain(report.closest, min_relevance);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let sources = if abstaining {
+            tracing::info!(closest = ?report.closest, min_relevance, "nothing close enough: the notes do not say");
+            report.abstained = true;
+            state.metrics.abstentions.inc();
+            abstention(&events_tx);
+            Vec::new()
+        } else {
+            let generator = model.generator.clone();
+            let max_tokens = params.max_tokens;
+            let max_prompt_tokens = state.limits.max_prompt_tokens;
+            let fitted = tokio::task::spawn_blocking(move || {
+                prompt::fit(&generator, &conversation, &hits, max_tokens, max_prompt_tokens).map(|p| (p, hits))
             })
-            .map_err(refused)?;
-        rag::source_refs(&hits, fitted.sources)
-    };
-    let answer = Answer {
-        header: Header {
-            id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
-            model: model.id.clone(),
-            created: now(),
-        },
-        sources,
-        retrieval: report,
-        timeout: state.limits.request_timeout,
-        watch: Watch {
-            metrics: state.metrics.clone(),
-            started,
-            stream: request.stream,
-            last: None,
-        },
-    };
-    if request.stream {
-        let include_usage = request.stream_options.as_ref().and_then(|o| o.include_usage) == Some(true);
-        Ok(answer.stream(events, include_usage).into_response())
-    } else {
-        answer.whole(events).await.map(IntoResponse::into_response)
+            .await
+            .map_err(ApiError::internal)?;
+            let (fitted, hits) = fitted?;
+            report.dropped_turns = fitted.dropped_turns;
+            if fitted.dropped_turns > 0 {
+                tracing::info!(
+                    dropped = fitted.dropped_turns,
+                    "earlier turns left out for lack of room"
+                );
+            }
+            state
+                .engine
+                .submit(Job {
+                    admission,
+                    model: model.id.clone(),
+                    generator: model.generator.clone(),
+                    messages: fitted.messages,
+                    params,
+                    events: events_tx,
+                    span: tracing::Span::current(),
+                })
+                .map_err(refused)?;
+            rag::source_refs(&hits, fitted.sources)
+        };
+        let answer = Answer {
+            header: Header {
+                id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+                model: model.id.clone(),
+                created: now(),
+            },
+            sources,
+            retrieval: report,
+            timeout: state.limits.request_timeout,
+            watch: Watch {
+                metrics: state.metrics.clone(),
+                started,
+                stream: request.stream,
+                last: None,
+            },
+        };
+        if request.stream {
+            let include_usage = request.stream_options.as_ref().and_then(|o| o.include_usage) == Some(true);
+            Ok(answer.stream(events, include_usage).into_response())
+        } else {
+            answer.whole(events).await.map(IntoResponse::into_response)
+        }
     }
+    .instrument(span)
+    .await;
+    answer
 }
 
 fn refused(why: Refused) -> ApiError {
