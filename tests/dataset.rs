@@ -29,9 +29,13 @@ fn model() -> String {
         .to_string()
 }
 
+/// `dataset` with the small teacher; the `qa` task is off unless `extra` sets it.
 fn dataset_args(extra: &[&str]) -> Vec<String> {
     let mut args = vec!["dataset".to_string(), "--teacher-model-path".into(), model()];
     args.extend(TEACHER.iter().map(|a| a.to_string()));
+    if !extra.contains(&"--qa-chunks-per-document") {
+        args.extend(["--qa-chunks-per-document".to_string(), "0".to_string()]);
+    }
     args.extend(extra.iter().map(|a| a.to_string()));
     args
 }
@@ -259,7 +263,7 @@ async fn run_executes_the_configured_stages_and_a_second_run_skips_them() {
         &config,
         format!(
             "[extract.files]\npaths = [{notes:?}]\n\n[filter]\n\n[dataset]\nteacher = \"local\"\nteacher_model_path = {model:?}\n\
-             summaries = 1\nmax_tokens = 24\nmax_document_chars = 600\n\n[index]\n",
+             summaries = 1\nmax_tokens = 24\nmax_document_chars = 600\nqa_chunks_per_document = 0\n\n[index]\n",
             notes = samples().join("notes").display().to_string(),
             model = model(),
         ),

@@ -169,6 +169,7 @@ async fn a_training_registers_resumes_after_sigkill_and_promotes_only_a_better_m
     let dataset: Vec<&str> = std::iter::once("dataset")
         .chain(common::SMALL_TEACHER)
         .chain(SPLIT)
+        .chain(["--qa-chunks-per-document", "0"])
         .collect();
     stores.ok(&dataset).await;
     let tiny = stores.home.path().join("tiny-hf");

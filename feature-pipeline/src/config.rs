@@ -205,6 +205,53 @@ pub struct DatasetArgs {
     #[arg(long, default_value_t = 3)]
     pub judge_min: u8,
 
+    /// Chunks per document whose fact sentence the teacher writes a question for (the `qa`
+    /// configuration: the chunks with the most numbers and names); 0 leaves the `qa` task out.
+    #[arg(long, env = "ENGRAM_DATASET_QA_CHUNKS", default_value_t = 2)]
+    pub qa_chunks_per_document: usize,
+
+    /// Questions asked per fact sentence (the best that passes the checks is kept).
+    #[arg(long, default_value_t = 3)]
+    pub qa_samples: usize,
+
+    /// Lowest temperature of the question samples (spread evenly up to --qa-temperature-max).
+    #[arg(long, default_value_t = 0.0)]
+    pub qa_temperature_min: f64,
+
+    /// Highest temperature of the question samples.
+    #[arg(long, default_value_t = 0.4)]
+    pub qa_temperature_max: f64,
+
+    /// Most tokens the teacher may write per question.
+    #[arg(long, default_value_t = 40)]
+    pub qa_max_tokens: usize,
+
+    /// Longest fact sentence (the answer) asked about, in characters.
+    #[arg(long, default_value_t = 300)]
+    pub qa_max_answer_chars: usize,
+
+    /// Smallest cosine similarity between a question and its sentence (all-MiniLM-L6-v2).
+    #[arg(long, default_value_t = 0.45)]
+    pub qa_min_relevance: f32,
+
+    /// Sources in each `qa` row's prompt (keep it at the service's ENGRAM_TOP_K).
+    #[arg(long, default_value_t = 4)]
+    pub qa_sources: usize,
+
+    /// Share of kept questions also asked over sources that do not answer them (the answer is then
+    /// the service's "the notes do not say").
+    #[arg(long, default_value_t = 0.25)]
+    pub qa_unanswerable: f64,
+
+    /// Chunk size of the `qa` sources, in the embedding model's tokens: the index's setting (same
+    /// variable), so the sources are chunks the service retrieves.
+    #[arg(long, env = "ENGRAM_CHUNK_TOKENS", default_value_t = 96)]
+    pub chunk_tokens: usize,
+
+    /// Tokens shared by consecutive chunks: the index's setting (same variable).
+    #[arg(long, env = "ENGRAM_CHUNK_OVERLAP", default_value_t = 16)]
+    pub chunk_overlap: usize,
+
     /// Share of documents in the validation split.
     #[arg(long, default_value_t = 0.1)]
     pub validation: f64,
@@ -796,6 +843,12 @@ pub struct TrainArgs {
     /// Longest example in tokens (prompt and answer); longer rows are left out and counted.
     #[arg(long, env = "ENGRAM_TRAIN_MAX_SEQ_LEN", default_value_t = 1024)]
     pub max_seq_len: usize,
+
+    /// Share of each epoch's examples taken from the dataset's `qa` task (grounded answers), the
+    /// rest from `summarize`; a task with too few rows is repeated, one with too many sampled by
+    /// seed. Unset: every row of both, once per epoch. 0 trains on the summaries alone.
+    #[arg(long, env = "ENGRAM_TRAIN_QA_SHARE")]
+    pub qa_share: Option<f64>,
 
     /// Seed of the adapters' initialisation and the batches' order.
     #[arg(long, default_value_t = 42)]

@@ -36,6 +36,26 @@ fn step_sources(name: &str) -> &'static [&'static str] {
             include_str!("../prompts/summarize-v1.md"),
         ],
         "quality" => &[include_str!("steps/quality.rs")],
+        "qa-distil" => &[
+            include_str!("steps/qa/mod.rs"),
+            include_str!("steps/qa/ask.rs"),
+            include_str!("steps/qa/facts.rs"),
+            include_str!("steps/chunk.rs"),
+            include_str!("teacher/mod.rs"),
+            include_str!("../prompts/qa-v1.md"),
+        ],
+        "qa-quality" => &[
+            include_str!("steps/qa/check.rs"),
+            include_str!("steps/qa/facts.rs"),
+            include_str!("steps/quality.rs"),
+        ],
+        "qa-split" => &[
+            include_str!("steps/qa/rows.rs"),
+            include_str!("steps/qa/facts.rs"),
+            include_str!("steps/split.rs"),
+            include_str!("../../shared/src/answers/prompt.rs"),
+            include_str!("../../shared/src/answers/abstain.rs"),
+        ],
         "train" => &[
             include_str!("commands/train.rs"),
             include_str!("train/examples.rs"),
@@ -52,7 +72,7 @@ fn step_sources(name: &str) -> &'static [&'static str] {
             include_str!("../prompts/summarize-v1.md"),
         ],
         "split" => &[include_str!("steps/split.rs")],
-        "publish" => &[include_str!("steps/publish.rs")],
+        "publish" => &[include_str!("steps/publish.rs"), include_str!("steps/qa/rows.rs")],
         "filter" => &[include_str!("steps/filter.rs"), include_str!("steps/dedup.rs")],
         "explore" => &[include_str!("steps/explore.rs"), include_str!("report.rs")],
         "index" | "index-shard" => &[

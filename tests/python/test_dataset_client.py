@@ -1,5 +1,6 @@
-"""A published dataset version through Hugging Face's own `datasets` library, with the summaries
-written by a real OpenAI-compatible teacher: engram's inference-service (retrieval turned off through
+"""A published dataset version through Hugging Face's own `datasets` library, both configurations
+(`summarize`, the default, and `qa`), with the summaries and questions written by a real
+OpenAI-compatible teacher: engram's inference-service (retrieval turned off through
 ENGRAM_TEACHER_EXTRA_BODY), serving the base SmolLM2."""
 
 import json
@@ -27,6 +28,7 @@ def test_a_dataset_distilled_by_the_service_loads_with_datasets(teacher, tmp_pat
         "--teacher", "openai", "--teacher-url", f"{teacher}/v1", "--teacher-model", "engram",
         "--teacher-extra-body", json.dumps({"retrieval": {"enabled": False}}),
         "--summaries", "2", "--max-tokens", "40", "--max-document-chars", "800",
+        "--qa-chunks-per-document", "2", "--qa-samples", "2",
     )
     assert "dataset: v1" in out, out
     listed = json.loads(pipeline(env, "datasets", "--json"))
@@ -52,4 +54,34 @@ def test_a_dataset_distilled_by_the_service_loads_with_datasets(teacher, tmp_pat
         for doc in loaded[split]["doc_id"]:
             assert owners.setdefault(doc, split) == split, f"{doc} is in {owners[doc]} and {split}"
     card = (export / "README.md").read_text()
-    assert "openai:engram" in card and "summarize-v1" in card
+    assert "openai:engram" in card and "summarize-v1" in card and "qa-v1" in card
+
+    # The second configuration: grounded questions, loaded by name, split by the same documents.
+    qa_rows = version["stats"]["qa"]["rows"]
+    qa_expected = {split: count for split, count in qa_rows.items() if count > 0}
+    stats = version["stats"]["qa"]
+    assert stats["asked"] > 0, f"no fact sentence was asked about: {stats}"
+    if not qa_expected:
+        # A weak teacher may pass no check on six notes: then there is no `qa` configuration at all.
+        assert "config_name: qa" not in card
+        return
+    assert "config_name: qa" in card
+    qa = datasets.load_dataset(str(export), "qa", cache_dir=str(tmp_path / "hf-cache"))
+    assert {split: qa[split].num_rows for split in qa} == qa_expected
+    abstention = "The notes do not say"
+    for split in qa:
+        assert {"system", "instruction", "answer", "answerable", "cited", "sources", "doc_id"} <= set(qa[split].column_names)
+        for row in qa[split]:
+            doc = row["doc_id"]
+            assert owners.setdefault(doc, split) == split, f"{doc} is in {owners[doc]} and {split}"
+            for source in row["sources"]:
+                assert owners.setdefault(source["doc_id"], split) == split, f"a {split} row quotes {source['doc_id']}"
+                assert source["text"] in row["system"], "the system message quotes every source"
+            assert row["instruction"].strip().endswith("?") or "?" in row["instruction"]
+            if row["answerable"]:
+                cited = row["cited"]
+                assert f"[{cited}]" in row["answer"], row
+                assert row["sources"][cited - 1]["doc_id"] == doc, row
+            else:
+                assert row["answer"].startswith(abstention) and row["cited"] is None, row
+                assert all(source["doc_id"] != doc for source in row["sources"]), row

@@ -65,7 +65,7 @@ def trained(tmp_path_factory):
     pipeline(env, "index")
     pipeline(env, "dataset", "--teacher", "local", "--summaries", "2", "--max-tokens", "40",
              "--max-document-chars", "800", "--budget-chars", "600", "--validation", "0.2", "--test", "0.34",
-             "--seed", "3")
+             "--seed", "3", "--qa-chunks-per-document", "0")
     tiny = tiny_base(tmp_path, env)
     pipeline(env, "models", "register", str(tiny), "--name", "tiny", "--promote")
     out = tmp_path / "trained"

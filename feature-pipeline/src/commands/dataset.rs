@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use engram_shared::config::StorageConfig;
+use engram_shared::embedding::Embedder;
 use engram_shared::hashing::sha256_hex;
 use engram_shared::registry::{DatasetVersion, NewDatasetVersion};
 use engram_shared::storage::Storage;
@@ -15,9 +16,14 @@ use crate::config::{DatasetArgs, DatasetsArgs, DatasetsCommand, TeacherArgs, Tea
 use crate::hub;
 use crate::pipeline::{CODE_VERSION, Run, StepOutput};
 use crate::progress;
+use crate::steps::chunk::Chunker;
 use crate::steps::distil::{self, DistilSettings, Prompt, Sample};
-use crate::steps::filter;
+use crate::steps::filter::{self, DocumentSet};
 use crate::steps::publish;
+use crate::steps::qa::ask::{self, Asked};
+use crate::steps::qa::check::{self, QaChecked};
+use crate::steps::qa::rows::{self, QaSplits};
+use crate::steps::qa::{self, QaPrompt, QaSettings};
 use crate::steps::quality::{self, Checked, QualitySettings};
 use crate::steps::split::{self, SplitSettings, Splits};
 use crate::teacher::http::{HttpTeacher, HttpTeacherOptions};
@@ -86,6 +92,8 @@ pub struct Published {
     pub checked: Checked,
     /// The splits.
     pub splits: Splits,
+    /// The `qa` task, unless it was turned off.
+    pub qa: Option<QaOutcome>,
     /// Teacher use of this run, when it ran.
     pub spent: Value,
 }
@@ -188,6 +196,22 @@ pub async fn stage(storage: &Storage, run: &Run<'_>, args: &DatasetArgs) -> Resu
         )
         .await?;
 
+    // qa: distil → quality → split (the dataset's second configuration)
+    let qa = qa_stage(
+        storage,
+        run,
+        args,
+        &teacher,
+        &embedder,
+        &set,
+        &input,
+        &splits,
+        &split_settings,
+        &split_hash,
+    )
+    .await?;
+    let qa_prompt = QaPrompt::builtin();
+
     // publish
     let lineage = json!({
         "run_id": run.id,
@@ -199,13 +223,28 @@ pub async fn stage(storage: &Storage, run: &Run<'_>, args: &DatasetArgs) -> Resu
         "embedding_model": embedder.model_id(),
         "config": { "distil": distil_config["settings"], "quality": quality_settings, "split": split_settings },
         "steps": { "distil": distil_hash, "quality": quality_hash, "split": split_hash },
+        "qa": qa.as_ref().map(|qa| json!({
+            "prompt": { "version": qa_prompt.version, "sha256": qa_prompt.hash },
+            "settings": qa.settings,
+            "steps": { "distil": qa.ask_hash, "quality": qa.check_hash, "split": qa.split_hash },
+        })),
     });
     let mut stats = publish::describe(&splits);
     stats["distilled"] = json!(distilled);
     stats["dropped"] = json!(checked.counts());
+    if let Some(qa) = &qa {
+        stats["qa"] = publish::describe_qa(&qa.splits);
+        stats["qa"]["asked"] = json!(qa.asked);
+        stats["qa"]["dropped"] = json!(qa.checked.counts());
+    }
     let publish_config = json!({ "format": publish::FORMAT });
+    // Without the qa task the input is the split's alone, as before it existed.
+    let publish_input = match &qa {
+        Some(qa) => sha256_hex(format!("{split_hash}:{}", qa.split_hash)),
+        None => split_hash.clone(),
+    };
     let version = if let Some(record) = run
-        .cached(publish::STEP, &publish_config, &split_hash, use_cache)
+        .cached(publish::STEP, &publish_config, &publish_input, use_cache)
         .await?
     {
         let number = record.detail["version"]
@@ -217,9 +256,10 @@ pub async fn stage(storage: &Storage, run: &Run<'_>, args: &DatasetArgs) -> Resu
             .await?
             .with_context(|| format!("dataset version {number} is not in the registry; rerun with --no-cache"))?
     } else {
-        run.step(publish::STEP, &publish_config, &split_hash, async {
+        run.step(publish::STEP, &publish_config, &publish_input, async {
             let prompt_text = include_str!("../../prompts/summarize-v1.md");
-            let files = publish::files(&splits, &lineage, &stats, prompt_text)?;
+            let qa_files = qa.as_ref().map(|qa| (&qa.splits, qa::PROMPT_TEXT));
+            let files = publish::files(&splits, qa_files, &lineage, &stats, prompt_text)?;
             let hash = publish::store(artifacts, &files).await?;
             let version = storage
                 .registry
@@ -252,8 +292,138 @@ pub async fn stage(storage: &Storage, run: &Run<'_>, args: &DatasetArgs) -> Resu
         distilled,
         checked,
         splits,
+        qa,
         spent: serde_json::to_value(teacher.spent())?,
     })
+}
+
+/// What the qa steps made.
+pub struct QaOutcome {
+    /// The settings.
+    pub settings: QaSettings,
+    /// Chunks asked about.
+    pub asked: usize,
+    /// What quality control kept and dropped.
+    pub checked: QaChecked,
+    /// The rows per split.
+    pub splits: QaSplits,
+    /// The steps' output hashes.
+    pub ask_hash: String,
+    /// See `ask_hash`.
+    pub check_hash: String,
+    /// See `ask_hash`.
+    pub split_hash: String,
+}
+
+/// The three qa steps, or `None` when `--qa-chunks-per-document` is 0.
+#[allow(clippy::too_many_arguments)]
+async fn qa_stage(
+    storage: &Storage,
+    run: &Run<'_>,
+    args: &DatasetArgs,
+    teacher: &Arc<CachedTeacher>,
+    embedder: &Arc<Embedder>,
+    set: &DocumentSet,
+    input: &str,
+    summaries: &Splits,
+    split_settings: &SplitSettings,
+    summaries_hash: &str,
+) -> Result<Option<QaOutcome>> {
+    if args.qa_chunks_per_document == 0 {
+        return Ok(None);
+    }
+    let use_cache = !args.no_cache;
+    let artifacts = &storage.artifacts;
+    let settings = QaSettings {
+        chunks_per_document: args.qa_chunks_per_document,
+        samples: args.qa_samples.max(1),
+        temperature_min: args.qa_temperature_min,
+        temperature_max: args.qa_temperature_max,
+        max_tokens: args.qa_max_tokens,
+        chunk_tokens: args.chunk_tokens,
+        chunk_overlap: args.chunk_overlap,
+        max_answer_chars: args.qa_max_answer_chars,
+        min_relevance: args.qa_min_relevance,
+        sources: args.qa_sources.max(1),
+        unanswerable: args.qa_unanswerable,
+        seed: args.seed,
+    };
+    let prompt = QaPrompt::builtin();
+    let chunker = Chunker::new(embedder.clone(), settings.chunk_tokens, settings.chunk_overlap)?;
+    let ask_config = json!({
+        "chunks_per_document": settings.chunks_per_document, "samples": settings.samples,
+        "temperature_min": settings.temperature_min, "temperature_max": settings.temperature_max,
+        "max_tokens": settings.max_tokens, "max_answer_chars": settings.max_answer_chars, "seed": settings.seed,
+        "chunker": chunker.settings(),
+        "teacher": teacher.id(),
+        "prompt": { "version": prompt.version, "sha256": prompt.hash },
+    });
+    let (asked, ask_hash): (Asked, String) = run
+        .json_step(artifacts, ask::STEP, &ask_config, input, use_cache, async {
+            let bar = progress::bar(0, "qa questions");
+            let asked = ask::run(
+                storage.documents.as_ref(),
+                teacher.clone(),
+                &prompt,
+                &settings,
+                &chunker,
+                set,
+                &bar,
+            )
+            .await?;
+            bar.finish_and_clear();
+            let detail =
+                json!({ "chunks": asked.chunks.len(), "samples": asked.candidates.len(), "teacher": teacher.spent() });
+            Ok((asked, detail))
+        })
+        .await?;
+    let check_config = json!({
+        "min_relevance": settings.min_relevance,
+        "embedding_model": embedder.model_id(),
+    });
+    let (checked, check_hash): (QaChecked, String) = run
+        .json_step(artifacts, check::STEP, &check_config, &ask_hash, use_cache, async {
+            let checked = check::run(asked.candidates.clone(), &settings, embedder.clone()).await?;
+            let detail =
+                json!({ "kept": checked.kept.len(), "dropped": checked.counts(), "not_best": checked.not_best });
+            Ok((checked, detail))
+        })
+        .await?;
+    let split_config = json!({
+        "sources": settings.sources, "unanswerable": settings.unanswerable, "seed": settings.seed,
+        "split": split_settings, "embedding_model": embedder.model_id(),
+    });
+    let split_input = sha256_hex(format!("{check_hash}:{ask_hash}:{summaries_hash}"));
+    let (qa_splits, split_hash): (QaSplits, String) = run
+        .json_step(artifacts, rows::STEP, &split_config, &split_input, use_cache, async {
+            let qa_splits = rows::run(
+                checked.kept.clone(),
+                asked.chunks.clone(),
+                summaries,
+                split_settings,
+                &settings,
+                embedder.clone(),
+            )
+            .await?;
+            let detail = publish::describe_qa(&qa_splits);
+            Ok((qa_splits, detail))
+        })
+        .await?;
+    let asked_chunks = asked
+        .candidates
+        .iter()
+        .map(|c| (c.chunk.doc_id.as_str(), c.chunk.position))
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    Ok(Some(QaOutcome {
+        settings,
+        asked: asked_chunks,
+        checked,
+        splits: qa_splits,
+        ask_hash,
+        check_hash,
+        split_hash,
+    }))
 }
 
 /// Runs `dataset`.
@@ -284,6 +454,25 @@ pub fn print(published: &Published) {
             published.splits.rows[name].len(),
             published.splits.documents[name].len()
         );
+    }
+    if let Some(qa) = &published.qa {
+        println!(
+            "qa: {} chunks asked about, {} questions kept",
+            qa.asked,
+            qa.checked.kept.len()
+        );
+        for (rule, count) in qa.checked.counts() {
+            println!("  dropped {count:>5} {}", json!(rule).as_str().unwrap_or_default());
+        }
+        for name in split::SPLITS {
+            let rows = &qa.splits.rows[name];
+            println!(
+                "  {name:<10} {:>5} rows ({} unanswerable) from {:>4} documents",
+                rows.len(),
+                rows.iter().filter(|r| !r.answerable).count(),
+                qa.splits.documents[name].len()
+            );
+        }
     }
     println!("teacher: {}", published.spent);
     println!("export it: feature-pipeline datasets export {} <DIR>", v.version);

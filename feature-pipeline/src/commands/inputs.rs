@@ -36,23 +36,49 @@ pub async fn materialize(storage: &Storage, home: &Path, model: &ModelVersion) -
     Ok(storage.model_files(home, model).await?)
 }
 
-/// The rows of each split of a dataset version.
+/// The rows of each split of a dataset version: its `summarize` configuration's.
 pub async fn splits(
     artifacts: &ArtifactStore,
     dataset: &DatasetVersion,
     scratch: &Path,
 ) -> Result<HashMap<String, Vec<Row>>> {
+    Ok(tasks(artifacts, dataset, scratch).await?.summarize)
+}
+
+/// The rows of each split of both of a dataset version's tasks.
+#[derive(Debug, Default)]
+pub struct Tasks {
+    /// `summarize` (the `data/` files).
+    pub summarize: HashMap<String, Vec<Row>>,
+    /// `qa` (the `qa/` files; empty splits for a version made before the task existed).
+    pub qa: HashMap<String, Vec<Row>>,
+}
+
+/// Reads both tasks of a dataset version.
+pub async fn tasks(artifacts: &ArtifactStore, dataset: &DatasetVersion, scratch: &Path) -> Result<Tasks> {
     let dir = scratch.join("dataset");
     publish::export(artifacts, &dataset.spec.artifact_hash, &dir).await?;
+    Ok(Tasks {
+        summarize: read_rows(&dir.join("data"), dataset)?,
+        qa: read_rows(&dir.join(publish::QA_DIR), dataset)?,
+    })
+}
+
+fn read_rows(dir: &Path, dataset: &DatasetVersion) -> Result<HashMap<String, Vec<Row>>> {
     let mut splits = HashMap::new();
     for split in ["train", "validation", "test"] {
-        let path = dir.join("data").join(format!("{split}.jsonl"));
+        let path = dir.join(format!("{split}.jsonl"));
         let mut rows = Vec::new();
         if path.exists() {
             let text = std::fs::read_to_string(&path)?;
             for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
                 rows.push(serde_json::from_str::<Row>(line).with_context(|| {
-                    format!("dataset v{} {split} row {}: not a dataset row", dataset.version, i + 1)
+                    format!(
+                        "dataset v{} {}: row {} is not a dataset row",
+                        dataset.version,
+                        path.display(),
+                        i + 1
+                    )
                 })?);
             }
         }

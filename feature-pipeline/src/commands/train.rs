@@ -25,10 +25,10 @@ use indicatif::ProgressBar;
 use serde_json::{Value, json};
 
 use crate::commands::eval_model::{self, Candidate};
-use crate::commands::inputs::{dataset, materialize, splits, system_prompt};
+use crate::commands::inputs::{Tasks, dataset, materialize, system_prompt, tasks};
 use crate::config::TrainArgs;
 use crate::pipeline::{CODE_VERSION, Run, StepOutput, step_code_version};
-use crate::train::examples::{Example, Renderer, Row};
+use crate::train::examples::{Example, Renderer, Row, mix};
 use crate::train::lora::{Adapter, LoraConfig, Projection};
 use crate::train::model::Base;
 use crate::train::trainer::{self, Observer, Progress, Resume, Schedule, Snapshot, StepRecord};
@@ -233,6 +233,7 @@ fn settings(args: &TrainArgs, lora: &LoraConfig, schedule: &Schedule) -> Value {
         "schedule": schedule,
         "max_seq_len": args.max_seq_len,
         "merged_blocks": args.merged_blocks,
+        "qa_share": args.qa_share,
     })
 }
 
@@ -396,7 +397,7 @@ pub async fn stage(storage: &Storage, home: &Path, run: &Run<'_>, args: &TrainAr
         let scratch = tempfile::Builder::new()
             .prefix("train-")
             .tempdir_in(ensure_dir(&home.join("cache"))?)?;
-        let splits = splits(&storage.artifacts, &dataset, scratch.path()).await?;
+        let tasks = tasks(&storage.artifacts, &dataset, scratch.path()).await?;
         let system = system_prompt(&dataset)?;
         let resume_from = storage.registry.train_checkpoint(&checkpoint_key).await?;
         let resume_bytes = match &resume_from {
@@ -426,7 +427,8 @@ pub async fn stage(storage: &Storage, home: &Path, run: &Run<'_>, args: &TrainAr
             checkpoint_every: args.checkpoint_every,
             merged_blocks: args.merged_blocks,
             system,
-            splits,
+            tasks,
+            qa_share: args.qa_share,
             out: scratch.path().join("out"),
             device,
             resume: resume_bytes.map(|b| b.to_vec()),
@@ -614,7 +616,8 @@ struct TrainJob {
     checkpoint_every: usize,
     merged_blocks: merge::MergedBlocks,
     system: String,
-    splits: HashMap<String, Vec<Row>>,
+    tasks: Tasks,
+    qa_share: Option<f64>,
     out: PathBuf,
     device: Device,
     resume: Option<Vec<u8>>,
@@ -633,23 +636,30 @@ impl TrainJob {
             .with_context(|| format!("cannot read the base model {}", self.base_path.display()))?;
         let max_len = self.max_seq_len.min(checkpoint.context_length);
         let renderer = Renderer::new(&checkpoint, &self.system)?;
-        let mut rendered = HashMap::new();
         let mut too_long = serde_json::Map::new();
-        for (split, rows) in &self.splits {
-            let r = renderer.render_all(rows, max_len)?;
-            too_long.insert(split.clone(), json!(r.too_long));
-            if r.too_long > 0 {
-                reporter.bar.suspend(|| {
-                    eprintln!(
-                        "train: {} of {} {split} rows are longer than {max_len} tokens and are left out (--max-seq-len)",
-                        r.too_long,
-                        rows.len()
-                    )
-                });
+        let mut render = |task: &str, splits: &HashMap<String, Vec<Row>>| -> Result<HashMap<String, Vec<Example>>> {
+            let mut rendered = HashMap::new();
+            for split in ["train", "validation", "test"] {
+                let rows = splits.get(split).map(Vec::as_slice).unwrap_or_default();
+                let r = renderer.render_all(rows, max_len)?;
+                too_long.insert(format!("{task}/{split}"), json!(r.too_long));
+                if r.too_long > 0 {
+                    reporter.bar.suspend(|| {
+                        eprintln!(
+                            "train: {} of {} {task} {split} rows are longer than {max_len} tokens and are left out (--max-seq-len)",
+                            r.too_long,
+                            rows.len()
+                        )
+                    });
+                }
+                rendered.insert(split.to_string(), r.examples);
             }
-            rendered.insert(split.clone(), r.examples);
-        }
-        let train: &[Example] = &rendered["train"];
+            Ok(rendered)
+        };
+        let rendered = render("summarize", &self.tasks.summarize)?;
+        let qa = render("qa", &self.tasks.qa)?;
+        let mixed = mix(&rendered["train"], &qa["train"], self.qa_share, self.schedule.seed);
+        let train: &[Example] = &mixed;
         let base = Base::new(checkpoint.shape, &checkpoint.tensors, max_len, &self.device)?;
         drop(checkpoint);
         let shape = base.shape();
@@ -670,6 +680,9 @@ impl TrainJob {
         };
         let base_validation = evaluate(&untrained, "validation")?;
         let base_test = evaluate(&untrained, "test")?;
+        let evaluate_qa =
+            |adapter: &Adapter| -> Result<Option<f64>> { Ok(trainer::evaluate(&base, adapter, &qa["test"], batch)?) };
+        let base_qa_test = evaluate_qa(&untrained)?;
         let resume = match &self.resume {
             Some(bytes) => Some(decode_checkpoint(bytes, &adapter)?),
             None => None,
@@ -685,6 +698,7 @@ impl TrainJob {
         )?;
         let validation = evaluate(&adapter, "validation")?;
         let test = evaluate(&adapter, "test")?;
+        let qa_test = evaluate_qa(&adapter)?;
 
         // Outputs: adapter, merged model (HF and GGUF), report.
         std::fs::create_dir_all(&self.out)?;
@@ -708,7 +722,11 @@ impl TrainJob {
         let records = &outcome.progress.records;
         let summary = json!({
             "steps": outcome.total_steps,
-            "examples": { "train": train.len(), "validation": rendered["validation"].len(), "test": rendered["test"].len() },
+            "examples": {
+                "train": train.len(), "validation": rendered["validation"].len(), "test": rendered["test"].len(),
+                "train_summarize": rendered["train"].len(), "train_qa": qa["train"].len(), "qa_test": qa["test"].len(),
+            },
+            "qa_share": self.qa_share,
             "too_long": too_long,
             "label_tokens": train.iter().map(Example::labels).sum::<usize>(),
             "trainable_parameters": adapter.parameters(),
@@ -724,6 +742,8 @@ impl TrainJob {
             "base_validation_loss": base_validation,
             "test_loss": test,
             "base_test_loss": base_test,
+            "qa_test_loss": qa_test,
+            "base_qa_test_loss": base_qa_test,
         });
         crate::train::report::write(&self.out.join("report"), records, &summary, &metrics)?;
         Ok(JobOutcome { summary, metrics })

@@ -104,12 +104,17 @@ pub struct DistilSettings {
 impl DistilSettings {
     /// The temperature of summary `k` (0-based): evenly spread from min to max.
     pub fn temperature(&self, k: usize) -> f64 {
-        if self.summaries <= 1 {
-            return self.temperature_min;
-        }
-        let step = (self.temperature_max - self.temperature_min) / (self.summaries - 1) as f64;
-        ((self.temperature_min + step * k as f64) * 1000.0).round() / 1000.0
+        spread(self.temperature_min, self.temperature_max, self.summaries, k)
     }
+}
+
+/// Sample `k` (0-based) of `n` at temperatures spread evenly from `min` to `max`, rounded to 0.001.
+pub fn spread(min: f64, max: f64, n: usize, k: usize) -> f64 {
+    if n <= 1 {
+        return min;
+    }
+    let step = (max - min) / (n - 1) as f64;
+    ((min + step * k as f64) * 1000.0).round() / 1000.0
 }
 
 /// One distilled summary: a dataset row before quality control.

@@ -13,6 +13,7 @@ pub mod index;
 pub mod judge;
 pub mod model_eval;
 pub mod publish;
+pub mod qa;
 pub mod quality;
 pub mod rouge;
 pub mod score;

@@ -1,6 +1,8 @@
-//! The publish step: a dataset version as a directory in Hugging Face `datasets` layout —
-//! `data/<split>.jsonl` (columns `instruction`, `answer`, `doc_id`, `title`, `source`, `url`,
-//! `temperature`) and a `README.md` dataset card whose YAML header names the splits — stored in the
+//! The publish step: a dataset version as a directory in Hugging Face `datasets` layout — the
+//! `summarize` configuration in `data/<split>.jsonl` (columns `instruction`, `answer`, `doc_id`,
+//! `title`, `source`, `url`, `temperature`), the `qa` configuration in `qa/<split>.jsonl` (see
+//! `steps/qa/rows.rs` for its columns), and a `README.md` dataset card whose YAML header names the
+//! configurations and their splits — stored in the
 //! artifact store file by file (content-addressed), under a manifest whose hash is the version's
 //! artifact hash, then registered with its lineage.
 //!
@@ -15,6 +17,7 @@ use engram_shared::artifacts::tree::{self, Manifest};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::qa::rows::QaSplits;
 use super::split::{SPLITS, Splits};
 
 /// The step's name in the registry.
@@ -35,9 +38,11 @@ struct Row<'a> {
     temperature: f64,
 }
 
-/// The files of a dataset: path → bytes.
+/// The files of a dataset: path → bytes. `qa` is the second configuration's rows and the prompt
+/// file they were asked with.
 pub fn files(
     splits: &Splits,
+    qa: Option<(&QaSplits, &str)>,
     lineage: &Value,
     stats: &Value,
     prompt_text: &str,
@@ -64,42 +69,96 @@ pub fn files(
         }
         files.insert(format!("data/{split}.jsonl"), jsonl);
     }
+    if let Some((qa, _)) = qa {
+        for split in SPLITS {
+            let rows = &qa.rows[split];
+            if rows.is_empty() {
+                continue;
+            }
+            let mut jsonl = Vec::new();
+            for row in rows {
+                serde_json::to_writer(&mut jsonl, row)?;
+                jsonl.push(b'\n');
+            }
+            files.insert(format!("{QA_DIR}/{split}.jsonl"), jsonl);
+        }
+    }
     files.insert(
         "README.md".into(),
-        card(splits, lineage, stats, prompt_text).into_bytes(),
+        card(splits, qa, lineage, stats, prompt_text).into_bytes(),
     );
     Ok(files)
 }
 
-fn card(splits: &Splits, lineage: &Value, stats: &Value, prompt_text: &str) -> String {
-    let mut configs = String::new();
+/// Where the `qa` configuration's files are.
+pub const QA_DIR: &str = "qa";
+
+/// A configuration's `data_files` lines and its table of split sizes; the empty splits are left
+/// out of the files (`datasets` refuses empty data files).
+fn config_lines(dir: &str, sizes: &[(&str, usize, usize)]) -> (String, String, Vec<String>) {
+    let mut lines = String::new();
     let mut table = String::from("| split | rows | documents |\n|---|---:|---:|\n");
     let mut empty = Vec::new();
-    for split in SPLITS {
-        let rows = splits.rows[split].len();
-        table.push_str(&format!("| {split} | {rows} | {} |\n", splits.documents[split].len()));
-        if rows == 0 {
-            empty.push(split);
+    for (split, rows, documents) in sizes {
+        table.push_str(&format!("| {split} | {rows} | {documents} |\n"));
+        if *rows == 0 {
+            empty.push(split.to_string());
         } else {
-            configs.push_str(&format!("  - split: {split}\n    path: data/{split}.jsonl\n"));
+            lines.push_str(&format!("  - split: {split}\n    path: {dir}/{split}.jsonl\n"));
         }
     }
-    let empty_note = if empty.is_empty() {
-        String::new()
-    } else {
-        format!("\nEmpty splits, left out of the files: {}.\n", empty.join(", "))
+    (lines, table, empty)
+}
+
+fn card(splits: &Splits, qa: Option<(&QaSplits, &str)>, lineage: &Value, stats: &Value, prompt_text: &str) -> String {
+    let sizes: Vec<(&str, usize, usize)> = SPLITS
+        .iter()
+        .map(|s| (*s, splits.rows[*s].len(), splits.documents[*s].len()))
+        .collect();
+    let (lines, table, empty) = config_lines("data", &sizes);
+    let mut configs = format!("- config_name: summarize\n  default: true\n  data_files:\n{lines}");
+    let empty_note = |empty: &[String]| {
+        if empty.is_empty() {
+            String::new()
+        } else {
+            format!("\nEmpty splits, left out of the files: {}.\n", empty.join(", "))
+        }
     };
+    let mut body = format!("## `summarize`\n\n{table}{}", empty_note(&empty));
+    let mut task_categories = "- summarization\n".to_string();
+    if let Some((qa, qa_prompt)) = qa {
+        let sizes: Vec<(&str, usize, usize)> = SPLITS
+            .iter()
+            .map(|s| (*s, qa.rows[*s].len(), qa.documents[*s].len()))
+            .collect();
+        let (lines, table, empty) = config_lines(QA_DIR, &sizes);
+        if !lines.is_empty() {
+            configs.push_str(&format!("- config_name: qa\n  data_files:\n{lines}"));
+        }
+        task_categories.push_str("- question-answering\n");
+        body.push_str(&format!(
+            "\n## `qa`\n\n\
+             Grounded question answering: `datasets.load_dataset(DIR, \"qa\")`. Each row is a question (`instruction`) \
+             asked over numbered `sources` (chunks of the corpus, as the assistant retrieves them), the `system` \
+             message the assistant sends with them, and the `answer`: the teacher's, citing the source that holds it \
+             (`cited`), or, where `answerable` is false, the assistant's \"the notes do not say\". A question's \
+             document and its sources' documents are all in its split.\n\n{table}{}\n\
+             Question prompt:\n\n```markdown\n{}\n```\n",
+            empty_note(&empty),
+            qa_prompt.trim()
+        ));
+    }
     format!(
-        "---\nlicense: other\nlanguage:\n- en\ntask_categories:\n- summarization\npretty_name: engram summaries\n\
-         configs:\n- config_name: default\n  data_files:\n{configs}---\n\n\
-         # engram summaries\n\n\
-         Summaries of a personal corpus (notes and saved pages), distilled from a teacher LLM by engram's \
-         feature-pipeline, for fine-tuning its small model. Each row pairs an `instruction` (the summarization \
-         prompt with the document) with an `answer` (the teacher's summary). Splits are **by document**: every \
-         summary of a document is in the same split.\n\n\
-         ## Statistics\n\n{table}{empty_note}\n```json\n{}\n```\n\n\
+        "---\nlicense: other\nlanguage:\n- en\ntask_categories:\n{task_categories}pretty_name: engram summaries and grounded answers\n\
+         configs:\n{configs}---\n\n\
+         # engram dataset\n\n\
+         Training data distilled from a personal corpus (notes and saved pages) by engram's feature-pipeline, for \
+         fine-tuning its small model. The `summarize` configuration (the default) pairs an `instruction` (the \
+         summarization prompt with the document) with an `answer` (the teacher's summary). Splits are **by \
+         document**: every row about a document is in the same split, in every configuration.\n\n\
+         ## Statistics\n\n{body}\n```json\n{}\n```\n\n\
          ## Lineage\n\n```json\n{}\n```\n\n\
-         ## Prompt\n\n```markdown\n{}\n```\n",
+         ## Summarization prompt\n\n```markdown\n{}\n```\n",
         serde_json::to_string_pretty(stats).unwrap_or_default(),
         serde_json::to_string_pretty(lineage).unwrap_or_default(),
         prompt_text.trim()
@@ -124,6 +183,22 @@ pub async fn manifest(artifacts: &ArtifactStore, hash: &str) -> anyhow::Result<M
 /// export leaves no half-written dataset at `dir`.
 pub async fn export(artifacts: &ArtifactStore, hash: &str, dir: &Path) -> anyhow::Result<Manifest> {
     Ok(artifacts.get_tree(hash, FORMAT, dir).await?)
+}
+
+/// The `qa` configuration's statistics.
+pub fn describe_qa(qa: &QaSplits) -> Value {
+    let mut rows = serde_json::Map::new();
+    let mut documents = serde_json::Map::new();
+    let mut unanswerable = serde_json::Map::new();
+    for split in SPLITS {
+        rows.insert(split.into(), json!(qa.rows[split].len()));
+        documents.insert(split.into(), json!(qa.documents[split].len()));
+        unanswerable.insert(
+            split.into(),
+            json!(qa.rows[split].iter().filter(|r| !r.answerable).count()),
+        );
+    }
+    json!({ "rows": rows, "documents": documents, "unanswerable": unanswerable })
 }
 
 /// Lineage and statistics as the registry and the card record them.

@@ -1,7 +1,8 @@
 //! Training examples: dataset rows rendered as the model will be prompted, tokenized, and grouped
 //! into batches of similar length.
 //!
-//! A row `(instruction, answer)` becomes the chat `[system, user: instruction]` rendered with the
+//! A row `(instruction, answer)` becomes the chat `[system, user: instruction]` (the row's own
+//! system message for a grounded `qa` row, the dataset prompt's otherwise) rendered with the
 //! model's own chat template (ending where the assistant's turn starts, exactly the prompt the
 //! `Generator` builds), then the answer's tokens and the end-of-turn token. The loss is on the
 //! answer and the end-of-turn token only. Prompt and answer are tokenized apart, as the service
@@ -16,9 +17,13 @@ use serde::Deserialize;
 
 use super::model::Batch;
 
-/// A dataset row as `publish` writes it (the columns training reads).
+/// A dataset row as `publish` writes it (the columns training reads), of either task.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Row {
+    /// The row's own system message (a `qa` row's: the service's instructions with its sources);
+    /// `summarize` rows have none and get the dataset prompt's.
+    #[serde(default)]
+    pub system: Option<String>,
     /// The user message.
     pub instruction: String,
     /// The teacher's answer.
@@ -71,11 +76,12 @@ impl Renderer {
         })
     }
 
-    /// The prompt's tokens for `instruction`, as the service would send it (the same
-    /// [`PromptEncoder`]: only the template's markers are control tokens).
-    pub fn prompt(&self, instruction: &str) -> anyhow::Result<Vec<u32>> {
+    /// The prompt's tokens for `instruction` under `system` (the renderer's own system message when
+    /// `None`), as the service would send it (the same [`PromptEncoder`]: only the template's
+    /// markers are control tokens).
+    pub fn prompt(&self, system: Option<&str>, instruction: &str) -> anyhow::Result<Vec<u32>> {
         let messages = [
-            ChatMessage::new(Role::System, self.system.clone()),
+            ChatMessage::new(Role::System, system.unwrap_or(&self.system)),
             ChatMessage::new(Role::User, instruction),
         ];
         let mut tokens: Vec<u32> = self.bos.into_iter().collect();
@@ -85,7 +91,7 @@ impl Renderer {
 
     /// One row as an example.
     pub fn example(&self, row: &Row) -> anyhow::Result<Example> {
-        let mut tokens = self.prompt(&row.instruction)?;
+        let mut tokens = self.prompt(row.system.as_deref(), &row.instruction)?;
         let prompt = tokens.len();
         tokens.extend(self.encoder.plain_text(row.answer.trim())?);
         tokens.push(self.end_of_turn);
@@ -105,6 +111,35 @@ impl Renderer {
         }
         Ok(rendered)
     }
+}
+
+/// The examples of one epoch from two tasks: all of both when `qa_share` is `None`, else
+/// `qa_share` of them from `qa` and the rest from `summaries` (as many in all as the two have), a
+/// task with too few repeated whole and then sampled by `seed`, one with too many sampled. With
+/// either task empty, the other's examples alone.
+pub fn mix(summaries: &[Example], qa: &[Example], qa_share: Option<f64>, seed: u64) -> Vec<Example> {
+    let Some(share) = qa_share.map(|s| s.clamp(0.0, 1.0)) else {
+        return summaries.iter().chain(qa).cloned().collect();
+    };
+    if summaries.is_empty() || qa.is_empty() {
+        return summaries.iter().chain(qa).cloned().collect();
+    }
+    let total = summaries.len() + qa.len();
+    let from_qa = (total as f64 * share).round() as usize;
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x005E_ED0F_7A5C);
+    let mut take = |examples: &[Example], n: usize| -> Vec<Example> {
+        let mut out: Vec<Example> = Vec::with_capacity(n);
+        for _ in 0..n / examples.len() {
+            out.extend_from_slice(examples);
+        }
+        let mut rest: Vec<&Example> = examples.iter().collect();
+        rest.shuffle(&mut rng);
+        out.extend(rest.into_iter().take(n % examples.len()).cloned());
+        out
+    };
+    let mut mixed = take(summaries, total - from_qa);
+    mixed.extend(take(qa, from_qa));
+    mixed
 }
 
 /// The batches of one epoch: examples sorted by length and cut into groups of `batch_size`
@@ -151,6 +186,28 @@ mod tests {
         assert_eq!(sizes, vec![vec![5, 6], vec![7, 40], vec![41, 42]]);
         let labels: usize = a.iter().map(Batch::labels).sum();
         assert_eq!(labels, examples.iter().map(Example::labels).sum::<usize>());
+    }
+
+    #[test]
+    fn tasks_mix_at_the_share_asked_and_keep_every_row_by_default() {
+        let summaries: Vec<Example> = (0..6).map(|i| example(10 + i, 2)).collect();
+        let qa: Vec<Example> = (0..2).map(|i| example(100 + i, 2)).collect();
+        assert_eq!(mix(&summaries, &qa, None, 1).len(), 8);
+        let half = mix(&summaries, &qa, Some(0.5), 1);
+        assert_eq!(half.len(), 8);
+        assert_eq!(
+            half.iter().filter(|e| e.tokens.len() >= 100).count(),
+            4,
+            "qa repeated to half"
+        );
+        assert_eq!(
+            half.iter().filter(|e| e.tokens.len() < 100).count(),
+            4,
+            "summaries sampled to half"
+        );
+        assert_eq!(half, mix(&summaries, &qa, Some(0.5), 1), "the same seed, the same mix");
+        assert!(mix(&summaries, &qa, Some(0.0), 1).iter().all(|e| e.tokens.len() < 100));
+        assert_eq!(mix(&summaries, &[], Some(0.5), 1).len(), 6);
     }
 
     #[test]

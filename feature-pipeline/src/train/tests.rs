@@ -355,6 +355,7 @@ fn a_few_steps_halve_the_loss_and_the_merged_model_serves() {
         .map(|(instruction, answer)| {
             renderer
                 .example(&super::examples::Row {
+                    system: None,
                     instruction: instruction.to_string(),
                     answer: answer.to_string(),
                 })
@@ -413,7 +414,7 @@ fn a_few_steps_halve_the_loss_and_the_merged_model_serves() {
         .unwrap();
     assert_eq!(completion.usage.completion_tokens, 1);
     // The merged model's greedy token is the adapted training model's argmax after the prompt.
-    let prompt = renderer.prompt(rows[1].0).unwrap();
+    let prompt = renderer.prompt(None, rows[1].0).unwrap();
     let batch = Batch {
         positions: (0..prompt.len()).collect(),
         segments: vec![(0, prompt.len())],

@@ -42,6 +42,22 @@ fn longest_backtick_run(text: &str) -> usize {
     text.split(|c| c != '`').map(str::len).max().unwrap_or(0)
 }
 
+/// The system message: the service's [`instruction`], the client's own system messages, then the
+/// sources (as [`source_text`] quotes them, concatenated). The training data's grounded questions
+/// (feature-pipeline's `qa` task) are prompted with this same message.
+pub fn system_message(client_system: &[&str], sources: &str) -> String {
+    let mut system = instruction();
+    for extra in client_system {
+        system.push_str("\n\n");
+        system.push_str(extra);
+    }
+    if !sources.is_empty() {
+        system.push_str("\n\nSources:\n");
+        system.push_str(sources);
+    }
+    system
+}
+
 /// Why a prompt cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum PromptError {
@@ -100,18 +116,8 @@ pub fn fit(
     let turns: Vec<&ChatMessage> = conversation.iter().filter(|m| m.role != Role::System).collect();
     let context = generator.context_length();
     let budget = context.saturating_sub(answer_tokens);
-    let instruction = instruction();
     let build = |first_turn: usize, sources: &str| {
-        let mut system = instruction.clone();
-        for extra in &client_system {
-            system.push_str("\n\n");
-            system.push_str(extra);
-        }
-        if !sources.is_empty() {
-            system.push_str("\n\nSources:\n");
-            system.push_str(sources);
-        }
-        let mut messages = vec![ChatMessage::new(Role::System, system)];
+        let mut messages = vec![ChatMessage::new(Role::System, system_message(&client_system, sources))];
         messages.extend(turns[first_turn..].iter().map(|m| (*m).clone()));
         messages
     };
