@@ -156,8 +156,14 @@ pub fn cut(content: &str, max: usize) -> &str {
 }
 
 fn sample_seed(seed: u64, doc_id: &str, k: usize) -> u64 {
-    let digest = sha256_hex(format!("{seed}:{doc_id}:{k}"));
-    u64::from_str_radix(&digest[..15], 16).unwrap_or(seed)
+    derived_seed(&format!("{seed}:{doc_id}:{k}"))
+}
+
+/// A stable 60-bit number from `key` (the first 15 hex digits of its sha256): the seed of one
+/// teacher sample, or a seeded draw.
+pub fn derived_seed(key: &str) -> u64 {
+    let digest = sha256_hex(key);
+    u64::from_str_radix(&digest[..15], 16).unwrap_or(0)
 }
 
 async fn distil_document(

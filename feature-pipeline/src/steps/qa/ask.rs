@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use engram_shared::documents::{DocumentFilter, DocumentStore};
 use engram_shared::generation::{ChatMessage, Role};
-use engram_shared::hashing::sha256_hex;
 use engram_shared::vectors::Chunk;
 use futures::StreamExt;
 use indicatif::ProgressBar;
@@ -26,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::facts;
 use super::{QaPrompt, QaSettings};
 use crate::steps::chunk::Chunker;
+use crate::steps::distil::derived_seed;
 use crate::steps::filter::DocumentSet;
 use crate::teacher::{CachedTeacher, TeacherRequest};
 
@@ -162,8 +162,7 @@ pub fn select(chunks: &[Chunk], per_document: usize, max_chars: usize) -> Vec<(&
 }
 
 fn sample_seed(seed: u64, chunk: &Chunk, k: usize) -> u64 {
-    let digest = sha256_hex(format!("qa:{seed}:{}:{}:{k}", chunk.doc_id, chunk.position));
-    u64::from_str_radix(&digest[..15], 16).unwrap_or(seed)
+    derived_seed(&format!("qa:{seed}:{}:{}:{k}", chunk.doc_id, chunk.position))
 }
 
 async fn ask_chunk(

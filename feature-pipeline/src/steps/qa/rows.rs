@@ -18,7 +18,6 @@ use std::sync::Arc;
 use engram_shared::answers::abstain::ABSTENTION;
 use engram_shared::answers::prompt::{source_text, system_message};
 use engram_shared::embedding::Embedder;
-use engram_shared::hashing::sha256_hex;
 use engram_shared::vectors::{Chunk, SearchHit};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +25,7 @@ use super::QaSettings;
 use super::check::Pair;
 use super::facts;
 use crate::steps::chunk::embedding_text;
+use crate::steps::distil::derived_seed;
 use crate::steps::split::{self, SPLITS, SplitSettings, Splits};
 
 /// The step's name in the registry.
@@ -104,11 +104,11 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 
 /// Whether the answer's share of kept questions is also asked unanswerably (seeded, stable).
 fn pick_unanswerable(settings: &QaSettings, pair: &Pair) -> bool {
-    let digest = sha256_hex(format!(
+    let key = format!(
         "unanswerable:{}:{}:{}",
         settings.seed, pair.chunk.doc_id, pair.chunk.position
-    ));
-    let draw = u64::from_str_radix(&digest[..15], 16).unwrap_or(0) as f64 / (1u64 << 60) as f64;
+    );
+    let draw = derived_seed(&key) as f64 / (1u64 << 60) as f64;
     draw < settings.unanswerable
 }
 
