@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 ./models.sh
+./index.sh
 ./train.sh
 ./serve.sh

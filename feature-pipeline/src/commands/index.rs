@@ -94,10 +94,14 @@ pub async fn stage(storage: &Storage, run: &Run<'_>, args: &IndexArgs, use_cache
                 std::time::Duration::from_secs(args.wait_secs),
             )
             .await?;
-            println!("index: {} vectors from {count} shards", vectors.len());
+            println!(
+                "index: vectors of {} chunks in {} documents from {count} shards",
+                vectors.chunks(),
+                vectors.documents()
+            );
             vectors
         }
-        None => std::collections::HashMap::new(),
+        None => shard::Precomputed::default(),
     };
     if let Some(record) = run.cached("index", &settings, &input_hash, use_cache).await? {
         let version = record.detail["version"].as_i64().unwrap_or_default();

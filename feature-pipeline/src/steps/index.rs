@@ -9,16 +9,22 @@
 //! and only then does the alias move. A run killed anywhere before that leaves the previous version
 //! live; its leftover is dropped by the next build.
 //!
+//! Memory is bounded by the batch size, not the corpus: the documents are streamed from the store
+//! twice, once to count BM25's corpus statistics (which every chunk's sparse vector needs) and once
+//! to embed and write chunks a batch at a time. Chunking twice costs a small fraction of embedding
+//! once. Only the set's document ids are held whole (the set already holds them).
+//!
 //! Embeddings are reused: a chunk whose id (document, position, text) exists in the newest ready
 //! version built with the same model, with the same title, headings and url, takes its stored
-//! vector instead of being embedded again, so a rerun over unchanged documents embeds nothing.
-//! Vectors computed by shards (`index --shard i/N`, see `shard.rs`) are used the same way.
+//! vector instead of being embedded again (looked up a batch at a time), so a rerun over unchanged
+//! documents embeds nothing. Vectors computed by shards (`index --shard i/N`, see `shard.rs`) are
+//! fetched per document the same way.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engram_shared::documents::DocumentFilter;
+use engram_shared::documents::{DocumentFilter, DocumentStream};
 use engram_shared::embedding::Embedder;
 use engram_shared::registry::{AliasKind, INDEX_LIVE, IndexStatus, NewIndexVersion};
 use engram_shared::storage::Storage;
@@ -31,10 +37,12 @@ use serde::Serialize;
 
 use super::chunk::{Chunker, embedding_text};
 use super::filter::DocumentSet;
+use super::shard::Precomputed;
 
-/// Chunks embedded per call (the embedder batches them by its token budget).
+/// Chunks embedded per call (the embedder batches them by its token budget), and ids looked up
+/// per reuse query.
 const EMBED_BATCH: usize = 64;
-/// Points written per upsert, and ids looked up per reuse query.
+/// Points written per upsert.
 const WRITE_BATCH: usize = 256;
 
 /// Where the time of a build went.
@@ -42,7 +50,7 @@ const WRITE_BATCH: usize = 256;
 pub struct Timings {
     /// Whole build.
     pub total: Duration,
-    /// Reading and chunking documents.
+    /// Reading and chunking documents (both passes).
     pub chunking: Duration,
     /// Computing embeddings.
     pub embedding: Duration,
@@ -69,7 +77,7 @@ pub fn text_key(text: &str) -> String {
 }
 
 /// Builds a new index version from `set` and makes it live. Chunks whose embedding text has a
-/// vector in `precomputed` (by [`text_key`]; the shards' work) are not embedded again.
+/// vector in `precomputed` (the shards' work) are not embedded again.
 #[allow(clippy::too_many_arguments)] // each is a distinct input of the build; a struct would only rename them
 pub async fn build(
     storage: &Storage,
@@ -78,19 +86,27 @@ pub async fn build(
     set: &DocumentSet,
     run_id: &str,
     keep: usize,
-    precomputed: &HashMap<String, Vec<f32>>,
+    precomputed: &Precomputed,
     progress: &ProgressBar,
 ) -> anyhow::Result<Built> {
     let started = Instant::now();
     let mut timings = Timings::default();
 
-    let (chunks, documents) = chunk_set(storage, &chunker, set, |_| true, progress).await?;
+    // Pass 1: BM25's corpus statistics and the counts, keeping no chunk.
+    progress.set_prefix("count");
+    progress.set_length(set.ids.len() as u64);
     let mut bm25 = Bm25::default();
-    let texts: Vec<String> = chunks.iter().map(embedding_text).collect();
-    for text in &texts {
-        bm25.observe(text);
+    let mut counted = 0u64;
+    let mut pass = SetChunks::new(storage, chunker.clone(), set, |_| true);
+    while let Some((_, chunks)) = pass.next().await? {
+        for chunk in &chunks {
+            bm25.observe(&embedding_text(chunk));
+        }
+        counted += chunks.len() as u64;
+        progress.inc(1);
     }
-    timings.chunking = started.elapsed();
+    let documents = pass.finish();
+    timings.chunking += pass.spent;
 
     let spec = IndexSpec {
         dimension: embedder.dimension(),
@@ -106,7 +122,7 @@ pub async fn build(
         run_id: run_id.to_string(),
         counts: BuildCounts {
             documents,
-            chunks: chunks.len() as u64,
+            chunks: counted,
             ..BuildCounts::default()
         },
     };
@@ -120,68 +136,61 @@ pub async fn build(
             manifest: serde_json::to_value(&manifest)?,
         })
         .await?;
-    let version = registered.version;
-    storage.vectors.create_version(version as u64, spec).await?;
+    let version = registered.version as u64;
+    storage.vectors.create_version(version, spec).await?;
 
-    // Embeddings to reuse from the newest ready version built with the same model.
-    let storage_started = Instant::now();
-    let reusable = reusable_vectors(storage, &manifest, &chunks).await?;
-    timings.storage += storage_started.elapsed();
-
+    // Pass 2: chunk again, and embed and write a batch at a time.
     progress.set_prefix("embed");
     progress.set_position(0);
-    progress.set_length(chunks.len() as u64);
-    let mut points = Vec::with_capacity(WRITE_BATCH);
-    for (batch_chunks, batch_texts) in chunks.chunks(EMBED_BATCH).zip(texts.chunks(EMBED_BATCH)) {
-        let mut vectors: Vec<Option<Vec<f32>>> = batch_chunks
-            .iter()
-            .zip(batch_texts)
-            .map(|(chunk, text)| {
-                reusable
-                    .get(&chunk.id())
-                    .filter(|(stored, _)| stored == chunk)
-                    .map(|(_, v)| v.clone())
-                    .or_else(|| precomputed.get(&text_key(text)).cloned())
-            })
-            .collect();
-        let missing: Vec<usize> = (0..vectors.len()).filter(|&i| vectors[i].is_none()).collect();
-        if !missing.is_empty() {
-            let inputs: Vec<String> = missing.iter().map(|&i| batch_texts[i].clone()).collect();
-            let embed_started = Instant::now();
-            let model = embedder.clone();
-            let embeddings = tokio::task::spawn_blocking(move || model.embed(&inputs)).await??;
-            timings.embedding += embed_started.elapsed();
-            manifest.counts.truncated += embeddings.truncated.len() as u64;
-            manifest.counts.embedded += missing.len() as u64;
-            for (slot, vector) in missing.into_iter().zip(embeddings.vectors) {
-                vectors[slot] = Some(vector);
+    progress.set_length(counted);
+    let mut writer = Writer {
+        storage,
+        embedder,
+        version,
+        reuse_from: reuse_source(storage, &manifest).await?,
+        pending: Vec::with_capacity(EMBED_BATCH),
+        points: Vec::with_capacity(WRITE_BATCH),
+        written: 0,
+        embedded: 0,
+        truncated: 0,
+        timings: Timings::default(),
+    };
+    let mut pass = SetChunks::new(storage, chunker, set, |_| true);
+    while let Some((doc_id, chunks)) = pass.next().await? {
+        let from_shards = precomputed.vectors_of(&storage.artifacts, &doc_id).await?;
+        for chunk in chunks {
+            let text = embedding_text(&chunk);
+            let known = from_shards.get(&text_key(&text)).cloned();
+            writer.pending.push(Pending { chunk, text, known });
+            if writer.pending.len() >= EMBED_BATCH {
+                let n = writer.pending.len() as u64;
+                writer.embed_pending(&manifest.bm25).await?;
+                progress.inc(n);
             }
         }
-        for ((chunk, text), vector) in batch_chunks.iter().zip(batch_texts).zip(vectors) {
-            let vector = vector.ok_or_else(|| anyhow::anyhow!("chunk {} has no vector", chunk.position))?;
-            points.push(ChunkPoint {
-                chunk: chunk.clone(),
-                vector,
-                sparse: manifest.bm25.encode_document(text),
-            });
-        }
-        if points.len() >= WRITE_BATCH {
-            let write_started = Instant::now();
-            storage
-                .vectors
-                .upsert(version as u64, std::mem::take(&mut points))
-                .await?;
-            timings.storage += write_started.elapsed();
-        }
-        progress.inc(batch_chunks.len() as u64);
     }
-    manifest.counts.reused = manifest.counts.chunks - manifest.counts.embedded;
+    pass.finish();
+    timings.chunking += pass.spent;
+    let n = writer.pending.len() as u64;
+    writer.embed_pending(&manifest.bm25).await?;
+    progress.inc(n);
+    writer.write_points().await?;
+    timings.embedding = writer.timings.embedding;
+    timings.storage = writer.timings.storage;
+    manifest.counts.embedded = writer.embedded;
+    manifest.counts.truncated = writer.truncated;
+    manifest.counts.reused = writer.written.saturating_sub(writer.embedded);
+    if writer.written != counted {
+        anyhow::bail!(
+            "the documents changed while index version {version} was built ({counted} chunks counted, {} \
+             written); it stays unpublished: run `feature-pipeline index` again",
+            writer.written
+        );
+    }
+
     let write_started = Instant::now();
-    if !points.is_empty() {
-        storage.vectors.upsert(version as u64, points).await?;
-    }
-    storage.vectors.seal(version as u64).await?;
-    let stored = storage.vectors.count(version as u64).await?;
+    storage.vectors.seal(version).await?;
+    let stored = storage.vectors.count(version).await?;
     if stored != manifest.counts.chunks {
         anyhow::bail!(
             "index version {version} holds {stored} points but {} chunks were written; it stays unpublished",
@@ -190,67 +199,191 @@ pub async fn build(
     }
     storage
         .registry
-        .finish_index_version(version, &serde_json::to_value(&manifest)?)
+        .finish_index_version(version as i64, &serde_json::to_value(&manifest)?)
         .await?;
     // The one step that publishes: readers switch from the previous version to this one.
-    storage.vectors.set_alias(version as u64).await?;
+    storage.vectors.set_alias(version).await?;
     storage
         .registry
-        .set_alias(AliasKind::Index, INDEX_LIVE, version)
+        .set_alias(AliasKind::Index, INDEX_LIVE, version as i64)
         .await?;
     timings.storage += write_started.elapsed();
 
     let dropped = prune(storage, keep).await?;
     timings.total = started.elapsed();
     Ok(Built {
-        version,
+        version: version as i64,
         manifest,
         timings,
         dropped,
     })
 }
 
-/// Chunks the documents of `set` that `owned` accepts (all, or one shard's), read once, streamed
-/// from the store. Returns the chunks and the number of documents read.
-pub async fn chunk_set(
-    storage: &Storage,
-    chunker: &Arc<Chunker>,
-    set: &DocumentSet,
-    owned: impl Fn(&str) -> bool,
-    progress: &ProgressBar,
-) -> anyhow::Result<(Vec<Chunk>, u64)> {
-    let wanted: HashSet<&str> = set.ids.iter().map(String::as_str).filter(|id| owned(id)).collect();
-    let mut chunks: Vec<Chunk> = Vec::new();
-    let mut documents = 0u64;
-    progress.set_length(wanted.len() as u64);
-    progress.set_prefix("chunk");
-    let mut stream = storage.documents.stream(&DocumentFilter::default());
-    while let Some(document) = stream.next().await {
-        let document = document?;
-        if !wanted.contains(document.id.as_str()) {
-            continue;
-        }
-        let chunker = chunker.clone();
-        let mut pieces = tokio::task::spawn_blocking(move || chunker.chunk(&document)).await?;
-        chunks.append(&mut pieces);
-        documents += 1;
-        progress.inc(1);
-    }
-    if documents < wanted.len() as u64 {
-        tracing::warn!(
-            missing = wanted.len() as u64 - documents,
-            "some documents of the document set are no longer stored; run `feature-pipeline filter` again"
-        );
-    }
-    Ok((chunks, documents))
+/// A chunk waiting for its vector, and the vector a shard computed for it, if one did.
+struct Pending {
+    chunk: Chunk,
+    text: String,
+    known: Option<Vec<f32>>,
 }
 
-/// Stored chunks and vectors of the newest ready version with the same embedding model, by id.
-async fn reusable_vectors(
-    storage: &Storage,
-    manifest: &IndexManifest,
-    chunks: &[Chunk],
-) -> anyhow::Result<HashMap<uuid::Uuid, (Chunk, Vec<f32>)>> {
+/// Pass 2's state: the batch being embedded and the points waiting to be written.
+struct Writer<'a> {
+    storage: &'a Storage,
+    embedder: Arc<Embedder>,
+    version: u64,
+    reuse_from: Option<u64>,
+    pending: Vec<Pending>,
+    points: Vec<ChunkPoint>,
+    written: u64,
+    embedded: u64,
+    truncated: u64,
+    timings: Timings,
+}
+
+impl Writer<'_> {
+    /// Gives every pending chunk its vector (reused, from a shard, or embedded now) and queues its
+    /// point, writing when a write batch is full.
+    async fn embed_pending(&mut self, bm25: &Bm25) -> anyhow::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let mut vectors: Vec<Option<Vec<f32>>> = match self.reuse_from {
+            Some(source) => {
+                let lookup_started = Instant::now();
+                let ids: Vec<uuid::Uuid> = pending.iter().map(|p| p.chunk.id()).collect();
+                let mut stored: HashMap<uuid::Uuid, ChunkPoint> = self
+                    .storage
+                    .vectors
+                    .get_points(source, &ids)
+                    .await?
+                    .into_iter()
+                    .map(|point| (point.chunk.id(), point))
+                    .collect();
+                self.timings.storage += lookup_started.elapsed();
+                pending
+                    .iter()
+                    .zip(&ids)
+                    .map(|(p, id)| {
+                        stored
+                            .remove(id)
+                            .filter(|point| point.chunk == p.chunk)
+                            .map(|point| point.vector)
+                            .or_else(|| p.known.clone())
+                    })
+                    .collect()
+            }
+            None => pending.iter().map(|p| p.known.clone()).collect(),
+        };
+        let missing: Vec<usize> = (0..vectors.len()).filter(|&i| vectors[i].is_none()).collect();
+        if !missing.is_empty() {
+            let inputs: Vec<String> = missing.iter().map(|&i| pending[i].text.clone()).collect();
+            let embed_started = Instant::now();
+            let model = self.embedder.clone();
+            let embeddings = tokio::task::spawn_blocking(move || model.embed(&inputs)).await??;
+            self.timings.embedding += embed_started.elapsed();
+            self.truncated += embeddings.truncated.len() as u64;
+            self.embedded += missing.len() as u64;
+            for (slot, vector) in missing.into_iter().zip(embeddings.vectors) {
+                vectors[slot] = Some(vector);
+            }
+        }
+        for (p, vector) in pending.into_iter().zip(vectors) {
+            let vector = vector.ok_or_else(|| anyhow::anyhow!("chunk {} has no vector", p.chunk.position))?;
+            let sparse = bm25.encode_document(&p.text);
+            self.points.push(ChunkPoint {
+                chunk: p.chunk,
+                vector,
+                sparse,
+            });
+        }
+        if self.points.len() >= WRITE_BATCH {
+            self.write_points().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the queued points.
+    async fn write_points(&mut self) -> anyhow::Result<()> {
+        if self.points.is_empty() {
+            return Ok(());
+        }
+        let write_started = Instant::now();
+        let points = std::mem::take(&mut self.points);
+        self.written += points.len() as u64;
+        self.storage.vectors.upsert(self.version, points).await?;
+        self.timings.storage += write_started.elapsed();
+        Ok(())
+    }
+}
+
+/// The documents of a set that a filter accepts (all, or one shard's), streamed from the store and
+/// chunked one at a time.
+pub struct SetChunks<'a> {
+    stream: DocumentStream<'a>,
+    wanted: HashSet<&'a str>,
+    chunker: Arc<Chunker>,
+    documents: u64,
+    /// Time spent reading and chunking.
+    pub spent: Duration,
+}
+
+impl<'a> SetChunks<'a> {
+    /// Starts reading `set`'s documents that `owned` accepts.
+    pub fn new(
+        storage: &'a Storage,
+        chunker: Arc<Chunker>,
+        set: &'a DocumentSet,
+        owned: impl Fn(&str) -> bool,
+    ) -> Self {
+        Self {
+            stream: storage.documents.stream(&DocumentFilter::default()),
+            wanted: set.ids.iter().map(String::as_str).filter(|id| owned(id)).collect(),
+            chunker,
+            documents: 0,
+            spent: Duration::ZERO,
+        }
+    }
+
+    /// How many documents this reader will yield when all are stored.
+    pub fn wanted(&self) -> usize {
+        self.wanted.len()
+    }
+
+    /// The next wanted document's id and chunks, in order.
+    pub async fn next(&mut self) -> anyhow::Result<Option<(String, Vec<Chunk>)>> {
+        let started = Instant::now();
+        while let Some(document) = self.stream.next().await {
+            let document = document?;
+            if !self.wanted.contains(document.id.as_str()) {
+                continue;
+            }
+            let chunker = self.chunker.clone();
+            let id = document.id.clone();
+            let chunks = tokio::task::spawn_blocking(move || chunker.chunk(&document)).await?;
+            self.documents += 1;
+            self.spent += started.elapsed();
+            return Ok(Some((id, chunks)));
+        }
+        self.spent += started.elapsed();
+        Ok(None)
+    }
+
+    /// The documents read, warning when some of the set are no longer stored.
+    pub fn finish(&self) -> u64 {
+        let wanted = self.wanted.len() as u64;
+        if self.documents < wanted {
+            tracing::warn!(
+                missing = wanted - self.documents,
+                "some documents of the document set are no longer stored; run `feature-pipeline filter` again"
+            );
+        }
+        self.documents
+    }
+}
+
+/// The newest ready version built with the same embedding model (whose vectors can be reused).
+async fn reuse_source(storage: &Storage, manifest: &IndexManifest) -> anyhow::Result<Option<u64>> {
     let existing: HashSet<u64> = storage.vectors.versions().await?.into_iter().collect();
     let source = storage.registry.index_versions().await?.into_iter().find(|v| {
         v.status == IndexStatus::Ready
@@ -258,22 +391,10 @@ async fn reusable_vectors(
             && v.spec.dimension == manifest.dimension as i64
             && existing.contains(&(v.version as u64))
     });
-    let mut reusable = HashMap::new();
-    let Some(source) = source else {
-        return Ok(reusable);
-    };
-    let ids: Vec<uuid::Uuid> = chunks.iter().map(Chunk::id).collect();
-    for batch in ids.chunks(WRITE_BATCH) {
-        for point in storage.vectors.get_points(source.version as u64, batch).await? {
-            reusable.insert(point.chunk.id(), (point.chunk, point.vector));
-        }
+    if let Some(source) = &source {
+        tracing::info!(from = source.version, "embeddings available for reuse");
     }
-    tracing::info!(
-        from = source.version,
-        found = reusable.len(),
-        "embeddings available for reuse"
-    );
-    Ok(reusable)
+    Ok(source.map(|v| v.version as u64))
 }
 
 /// Drops ready versions beyond the newest `keep` (never the live one) and leftovers of builds that
