@@ -11,6 +11,7 @@ mod metrics;
 mod rag;
 mod reload;
 mod state;
+mod stores;
 mod telemetry;
 
 use std::sync::{Arc, RwLock};
@@ -142,6 +143,7 @@ async fn serve(config: &Config) -> Result<()> {
             request_timeout: std::time::Duration::from_secs(config.request_timeout_secs.max(1)),
         },
         metrics,
+        stores: Arc::new(stores::StoreHealth::default()),
     };
     let interval = std::time::Duration::from_secs(config.reload_interval_secs.max(1));
     tokio::spawn(reload::watch(state.clone(), Arc::new(config.clone()), interval));

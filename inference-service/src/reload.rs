@@ -14,6 +14,7 @@ use engram_shared::registry::{AliasKind, MODEL_PRODUCTION};
 use crate::config::Config;
 use crate::http::AppState;
 use crate::state::{self, Served};
+use crate::stores::Store;
 
 /// What the snapshot was loaded from, to notice a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,10 +23,15 @@ struct Marks {
     index: Option<u64>,
 }
 
+/// Reads both aliases, recording whether each store answered.
 async fn marks(state: &AppState) -> anyhow::Result<Marks> {
+    let model = state.storage.registry.alias(AliasKind::Model, MODEL_PRODUCTION).await;
+    state.stores.record(Store::Registry, &model);
+    let index = state.storage.vectors.alias().await;
+    state.stores.record(Store::Vectors, &index);
     Ok(Marks {
-        model: state.storage.registry.alias(AliasKind::Model, MODEL_PRODUCTION).await?,
-        index: state.storage.vectors.alias().await?,
+        model: model?,
+        index: index?,
     })
 }
 

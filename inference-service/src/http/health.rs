@@ -52,6 +52,9 @@ pub struct Readiness {
     pub model: ModelState,
     /// The index.
     pub index: IndexState,
+    /// Whether the registry and the vector store answered their last check (the reload poll's
+    /// reads, and every search).
+    pub stores: crate::stores::StoreStates,
     /// Requests waiting for a model thread.
     pub queue_depth: usize,
 }
@@ -88,10 +91,11 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// 200 only when a model and a compatible index are loaded; otherwise 503 with why.
+/// 200 only when a model and a compatible index are loaded and the stores answer; otherwise 503
+/// with why.
 #[utoipa::path(get, path = "/readyz", tag = "ops", responses(
     (status = 200, description = "Ready to answer", body = Readiness),
-    (status = 503, description = "Not ready: `model.error` or `index.error` says why and what fixes it", body = Readiness),
+    (status = 503, description = "Not ready: `model.error`, `index.error` or `stores` says why and what fixes it", body = Readiness),
 ))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let served = state.snapshot();
@@ -119,11 +123,13 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
             error: Some(why.clone()),
         },
     };
-    let ready = served.ready().is_ok();
+    let stores = state.stores.states();
+    let ready = served.ready().is_ok() && stores.problem().is_none();
     let body = Readiness {
         ready,
         model,
         index,
+        stores,
         queue_depth: state.engine.queue_depth(),
     };
     let status = if ready {

@@ -23,6 +23,7 @@ use tower_http::cors::CorsLayer;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::state::Served;
+use error::ApiError;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -45,6 +46,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Whether the registry and the vector store answer.
+    pub stores: Arc<crate::stores::StoreHealth>,
 }
 
 /// What one request may ask for.
@@ -59,6 +62,22 @@ pub struct Limits {
 }
 
 impl AppState {
+    /// The answer to a failed search: a 503 naming the vector store when it failed (recorded, so
+    /// `/readyz` says so until a read succeeds again), a 500 otherwise.
+    pub fn retrieval_failed(&self, err: engram_shared::answers::RetrievalError) -> ApiError {
+        match err {
+            engram_shared::answers::RetrievalError::Index(err) => {
+                let outcome: Result<(), _> = Err(&err);
+                self.stores.record(crate::stores::Store::Vectors, &outcome);
+                ApiError::unavailable(format!(
+                    "the vector store failed ({}); the service retries on its own: retry shortly",
+                    engram_shared::error::redact(&err.to_string())
+                ))
+            }
+            other => ApiError::internal(other),
+        }
+    }
+
     /// The snapshot a request works with from start to end.
     pub fn snapshot(&self) -> Arc<Served> {
         match self.served.read() {

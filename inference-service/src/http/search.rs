@@ -106,7 +106,7 @@ pub async fn search(
         request.filter.map(ChunkFilter::from).unwrap_or_default(),
     )
     .await
-    .map_err(ApiError::internal)?
+    .map_err(|err| state.retrieval_failed(err))?
     .hits;
     let results = hits
         .into_iter()

@@ -119,7 +119,7 @@ pub async fn completions(
             )
             .instrument(searching)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(|err| state.retrieval_failed(err))?;
             report.query = standalone.question;
             report.rewritten = standalone.rewritten;
             report.closest = found.closest;
