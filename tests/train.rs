@@ -15,65 +15,13 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use candle_core::{Device, Tensor};
 use common::Stores;
-use engram_shared::generation::checkpoint::Checkpoint;
-use engram_shared::generation::llama::{Part, Shape};
 use engram_tests::binary;
 use engram_tests::servers::samples;
 use serde_json::Value;
 
 fn models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
-}
-
-/// SmolLM2's tokenizer and template over random weights: 2 layers of 64 features.
-fn tiny_model(dir: &Path) {
-    let real = Checkpoint::load(&models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf"), 2048).unwrap();
-    let vocab = real.vocab_size().unwrap();
-    let shape = Shape {
-        layers: 2,
-        heads: 4,
-        kv_heads: 2,
-        dim: 64,
-        eps: 1e-5,
-        rope_base: 10_000.0,
-    };
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut random = |n: usize, spread: f32| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * spread
-            })
-            .collect()
-    };
-    let kv = shape.dim / shape.heads * shape.kv_heads;
-    let hidden = 128;
-    let mut tensors = std::collections::BTreeMap::new();
-    for part in Part::all(shape.layers) {
-        let (rows, cols) = match part {
-            Part::Output => continue,
-            Part::Embedding => (vocab, shape.dim),
-            Part::Q(_) | Part::O(_) => (shape.dim, shape.dim),
-            Part::K(_) | Part::V(_) => (kv, shape.dim),
-            Part::Gate(_) | Part::Up(_) => (hidden, shape.dim),
-            Part::Down(_) => (shape.dim, hidden),
-            Part::AttnNorm(_) | Part::FfnNorm(_) | Part::Norm => {
-                tensors.insert(
-                    part,
-                    Tensor::ones(shape.dim, candle_core::DType::F32, &Device::Cpu).unwrap(),
-                );
-                continue;
-            }
-        };
-        let data = random(rows * cols, 0.2);
-        tensors.insert(part, Tensor::from_vec(data, (rows, cols), &Device::Cpu).unwrap());
-    }
-    let tiny = Checkpoint { shape, tensors, ..real };
-    engram_shared::generation::hf::write(&tiny, dir).unwrap();
 }
 
 /// A third of the documents are tested (with the small teacher of `common`).
@@ -173,7 +121,7 @@ async fn a_training_registers_resumes_after_sigkill_and_promotes_only_a_better_m
         .collect();
     stores.ok(&dataset).await;
     let tiny = stores.home.path().join("tiny-hf");
-    tiny_model(&tiny);
+    common::tiny_model(&tiny);
     stores
         .ok(&[
             "models",

@@ -3,8 +3,11 @@
 
 #![allow(dead_code)]
 
+use candle_core::{Device, Tensor};
 use engram_shared::config::StorageConfig;
 use engram_shared::documents::{Document, DocumentFilter};
+use engram_shared::generation::checkpoint::Checkpoint;
+use engram_shared::generation::llama::{Part, Shape};
 use engram_shared::storage::open_documents;
 use engram_tests::{run, stderr, stdout};
 use futures::StreamExt;
@@ -103,4 +106,59 @@ impl Stores {
         let docs: Vec<_> = store.stream(&DocumentFilter::default()).collect().await;
         docs.into_iter().map(|d| d.expect("document")).collect()
     }
+}
+
+/// SmolLM2's tokenizer and template over random weights: 2 layers of 64 features.
+pub fn tiny_model(dir: &std::path::Path) {
+    let real = Checkpoint::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models")
+            .join("SmolLM2-135M-Instruct.Q4_1.gguf"),
+        2048,
+    )
+    .unwrap();
+    let vocab = real.vocab_size().unwrap();
+    let shape = Shape {
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        dim: 64,
+        eps: 1e-5,
+        rope_base: 10_000.0,
+    };
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut random = |n: usize, spread: f32| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * spread
+            })
+            .collect()
+    };
+    let kv = shape.dim / shape.heads * shape.kv_heads;
+    let hidden = 128;
+    let mut tensors = std::collections::BTreeMap::new();
+    for part in Part::all(shape.layers) {
+        let (rows, cols) = match part {
+            Part::Output => continue,
+            Part::Embedding => (vocab, shape.dim),
+            Part::Q(_) | Part::O(_) => (shape.dim, shape.dim),
+            Part::K(_) | Part::V(_) => (kv, shape.dim),
+            Part::Gate(_) | Part::Up(_) => (hidden, shape.dim),
+            Part::Down(_) => (shape.dim, hidden),
+            Part::AttnNorm(_) | Part::FfnNorm(_) | Part::Norm => {
+                tensors.insert(
+                    part,
+                    Tensor::ones(shape.dim, candle_core::DType::F32, &Device::Cpu).unwrap(),
+                );
+                continue;
+            }
+        };
+        let data = random(rows * cols, 0.2);
+        tensors.insert(part, Tensor::from_vec(data, (rows, cols), &Device::Cpu).unwrap());
+    }
+    let tiny = Checkpoint { shape, tensors, ..real };
+    engram_shared::generation::hf::write(&tiny, dir).unwrap();
 }
