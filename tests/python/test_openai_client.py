@@ -280,11 +280,12 @@ def test_ten_rebuilds_under_reload_keep_memory_and_disk_bounded(service):
     copies = [p for p in readers.iterdir() if not p.name.endswith(".lock")] if readers.exists() else []
     versions = [p for p in (home / "vectors").iterdir() if p.name.startswith("chunks_v")]
     print(f"\nrebuilds: RSS after 3 {settled:.0f} MiB, after 10 +{grown:.0f} MiB; {len(copies)} reader copies, {len(versions)} versions on disk")
-    # Reader copies and versions on disk are exact. Resident memory is not yet understood: it grew
-    # about 90 MiB over these 7 rebuilds in most runs (allocator retention or a leak: open, see the
-    # issue note). This bound only catches a gross leak, such as versions never released.
-    assert grown < 150, f"the service's memory grew by {grown:.0f} MiB over 7 rebuilds"
-    assert len(copies) <= 1, copies
+    # The builder closes a version before it goes live, so the service opens each in place; it once
+    # opened a private copy whenever it reloaded before the builder's process exited, and each copy
+    # raised its resident memory by about 90 MiB for good (measured: 359 -> 457 MiB at one copy, then
+    # flat; with in-place opens 365 -> 372 MiB over ten rebuilds).
+    assert grown < 40, f"the service's memory grew by {grown:.0f} MiB over 7 rebuilds"
+    assert copies == [], f"the service read private copies: {copies}"
     assert len(versions) <= 4, versions
 
 

@@ -201,6 +201,9 @@ pub async fn build(
         .registry
         .finish_index_version(version as i64, &serde_json::to_value(&manifest)?)
         .await?;
+    // Closed before it goes live, so readers open it in place rather than copy a version this
+    // process still holds (an embedded shard is owned by one process at a time).
+    storage.vectors.release(version);
     // The one step that publishes: readers switch from the previous version to this one.
     storage.vectors.set_alias(version).await?;
     storage
