@@ -174,23 +174,37 @@ async fn notion_from_export(storage: &Storage, args: &NotionArgs) -> Result<(Ext
     for path in &args.paths {
         let read_path = path.clone();
         let max_bytes = args.limits.max_bytes;
-        let export = tokio::task::spawn_blocking(move || notion_export::read(&read_path, max_bytes)).await?;
-        let export = match export {
+        // Pages arrive one at a time from the reader's thread; the bounded channel holds it back
+        // while the store is slower than the reading.
+        let (pages, mut arriving) = tokio::sync::mpsc::channel(64);
+        let reading = tokio::task::spawn_blocking(move || {
+            notion_export::read(&read_path, max_bytes, &mut |document| {
+                let _ = pages.blocking_send(document);
+            })
+        });
+        let bar = progress::bar(0, "notion");
+        bar.set_message(path.display().to_string());
+        while let Some(document) = arriving.recv().await {
+            writer.push(document).await?;
+            bar.inc(1);
+        }
+        let export = match reading.await? {
             Ok(export) => export,
             Err(problem) => {
                 tracing::error!(item = %problem.item, "{}", problem.reason);
                 failed.push(problem);
+                bar.finish_and_clear();
                 continue;
             }
         };
-        let bar = progress::bar(export.documents.len() as u64, "notion");
-        bar.set_message(path.display().to_string());
+        tracing::info!(
+            pages = export.documents,
+            attachments = export.attachments,
+            problems = export.problems.len(),
+            "notion export read"
+        );
         for problem in export.problems {
             writer.problem(problem);
-        }
-        for document in export.documents {
-            writer.push(document).await?;
-            bar.inc(1);
         }
         bar.finish_and_clear();
     }

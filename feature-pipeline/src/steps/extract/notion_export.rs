@@ -15,9 +15,14 @@
 //! An export is input from outside, so a zip is read within [`ZipLimits`]: total bytes
 //! uncompressed, entries, nesting depth and compression ratio, each counted while reading (a size an
 //! entry declares is never trusted for an allocation). A folder is walked by [`super::walk`].
+//!
+//! Memory is bounded by the largest page, not the export: a first pass lists the pages (checking
+//! every limit while decompressing, keeping only the databases' CSVs, which row pages need, and
+//! spilling nested zips to temporary files) and works out the structure from the paths — ids,
+//! parents, children; a second pass reads one page at a time and hands its document on.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{Cursor, Read, Seek};
+use std::io::{Read, Seek};
 use std::path::Path;
 
 use engram_shared::documents::{NewDocument, Source};
@@ -67,20 +72,63 @@ struct ExportFile {
     bytes: Vec<u8>,
 }
 
-/// Everything read from one export.
+/// Where a page's bytes are read in the second pass.
+#[derive(Debug)]
+enum Location {
+    /// A file of an export folder.
+    File(std::path::PathBuf),
+    /// Entry `index` of archive `archive` of [`Listing::archives`], at most `cap` bytes.
+    Entry { archive: usize, index: usize, cap: u64 },
+}
+
+/// A page found by the first pass.
+#[derive(Debug)]
+struct Listed {
+    path: String,
+    location: Location,
+}
+
+/// A zip to read pages from: the export itself, or a nested part spilled to a temporary file.
+#[derive(Debug)]
+enum Archive {
+    Path(std::path::PathBuf),
+    Spilled(std::fs::File),
+}
+
+impl Archive {
+    fn open(&self) -> std::io::Result<std::fs::File> {
+        match self {
+            Archive::Path(path) => std::fs::File::open(path),
+            Archive::Spilled(file) => file.try_clone(),
+        }
+    }
+}
+
+/// What the first pass found.
+#[derive(Debug, Default)]
+struct Listing {
+    pages: Vec<Listed>,
+    tables: Vec<ExportFile>,
+    attachments: Vec<String>,
+    archives: Vec<Archive>,
+    problems: Vec<Problem>,
+}
+
+/// What reading one export did (its documents were handed on as they were read).
 #[derive(Debug, Default)]
 pub struct Export {
-    /// Its pages, as documents.
-    pub documents: Vec<NewDocument>,
+    /// Pages read as documents.
+    pub documents: usize,
     /// Files that could not be read.
     pub problems: Vec<Problem>,
     /// Attachments found (not documents, listed on their page).
     pub attachments: usize,
 }
 
-/// Reads the export at `path`: a folder or a zip file. Fails only when `path` itself cannot be
-/// read; a bad file inside becomes a [`Problem`].
-pub fn read(path: &Path, max_bytes: u64) -> Result<Export, Problem> {
+/// Reads the export at `path`, a folder or a zip file, handing each page's document to `emit` as
+/// it is read. Fails only when `path` itself cannot be read; a bad file inside becomes a
+/// [`Problem`].
+pub fn read(path: &Path, max_bytes: u64, emit: &mut dyn FnMut(NewDocument)) -> Result<Export, Problem> {
     let shown = path.display().to_string();
     let metadata = std::fs::metadata(path).map_err(|err| {
         Problem::new(
@@ -88,11 +136,9 @@ pub fn read(path: &Path, max_bytes: u64) -> Result<Export, Problem> {
             format!("cannot read it ({err}): give the folder or .zip of a Notion \"Markdown & CSV\" export"),
         )
     })?;
-    let mut files = Vec::new();
-    let mut attachments = Vec::new();
-    let mut problems = Vec::new();
+    let mut listing = Listing::default();
     if metadata.is_dir() {
-        walk_dir(path, max_bytes, &mut files, &mut attachments, &mut problems);
+        walk_dir(path, max_bytes, &mut listing);
     } else {
         let file = std::fs::File::open(path).map_err(|err| Problem::new(&shown, format!("cannot open it: {err}")))?;
         let limits = ZipLimits::default();
@@ -101,38 +147,90 @@ pub fn read(path: &Path, max_bytes: u64) -> Result<Export, Problem> {
             bytes_left: limits.total_bytes,
             entries_left: limits.entries,
         };
-        let mut sink = Sink {
-            files: &mut files,
-            attachments: &mut attachments,
-            problems: &mut problems,
-        };
-        read_zip(file, "", &shown, 0, max_bytes, &mut budget, &mut sink)?;
+        listing.archives.push(Archive::Path(path.to_path_buf()));
+        read_zip(file, 0, "", &shown, 0, max_bytes, &mut budget, &mut listing)?;
     }
-    let mut export = build(files, &attachments, &mut problems);
-    export.problems.append(&mut problems);
-    export.attachments = attachments.len();
-    Ok(export)
+    let Listing {
+        pages,
+        tables,
+        attachments,
+        archives,
+        mut problems,
+    } = listing;
+    let structure = Structure::new(&tables, pages.iter().map(|p| p.path.as_str()), &mut problems);
+    let mut documents = 0;
+    // Pages in the order listed, each archive opened once for all its pages in turn.
+    let mut open: Option<(usize, zip::ZipArchive<std::fs::File>)> = None;
+    for page in pages {
+        let bytes = match page.location {
+            Location::File(file) => walk::read_limited(&file, max_bytes),
+            Location::Entry { archive, index, cap } => {
+                if open.as_ref().is_none_or(|(which, _)| *which != archive) {
+                    open = archives[archive]
+                        .open()
+                        .ok()
+                        .and_then(|file| zip::ZipArchive::new(file).ok())
+                        .map(|zip| (archive, zip));
+                }
+                read_entry(
+                    open.as_mut().map(|(_, zip)| zip),
+                    index,
+                    cap,
+                    &format!("{shown}:{}", page.path),
+                )
+            }
+        };
+        let text = match bytes.and_then(|bytes| utf8(bytes, &page.path)) {
+            Ok(text) => text,
+            Err(problem) => {
+                problems.push(problem);
+                continue;
+            }
+        };
+        emit(structure.document(&page.path, &text, &attachments));
+        documents += 1;
+    }
+    Ok(Export {
+        documents,
+        problems,
+        attachments: attachments.len(),
+    })
+}
+
+/// Entry `index` of `zip` again (the first pass checked it against the limits), within `cap`.
+fn read_entry(
+    zip: Option<&mut zip::ZipArchive<std::fs::File>>,
+    index: usize,
+    cap: u64,
+    item: &str,
+) -> Result<Vec<u8>, Problem> {
+    let changed = || Problem::new(item, "the zip changed while it was read: extract it again");
+    let zip = zip.ok_or_else(changed)?;
+    let entry = zip.by_index(index).map_err(|_| changed())?;
+    let mut bytes = Vec::new();
+    entry
+        .take(cap.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|err| Problem::new(item, format!("cannot decompress it ({err}): the zip is damaged")))?;
+    if bytes.len() as u64 > cap {
+        return Err(changed());
+    }
+    Ok(bytes)
 }
 
 fn is_page_or_table(path: &str) -> bool {
     path.ends_with(".md") || path.ends_with(".csv")
 }
 
-fn walk_dir(
-    root: &Path,
-    max_bytes: u64,
-    files: &mut Vec<ExportFile>,
-    attachments: &mut Vec<String>,
-    problems: &mut Vec<Problem>,
-) {
+fn walk_dir(root: &Path, max_bytes: u64, listing: &mut Listing) {
     let found = match walk::walk(root, false) {
         Ok(found) => found,
         Err(problem) => {
-            problems.push(problem);
+            listing.problems.push(problem);
             return;
         }
     };
-    problems.extend(found.problems);
+    listing.problems.extend(found.problems);
     for path in found.files {
         let relative = path
             .strip_prefix(root)
@@ -141,32 +239,35 @@ fn walk_dir(
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join("/");
-        if is_page_or_table(&relative) {
+        if relative.ends_with(".csv") {
             match walk::read_limited(&path, max_bytes) {
-                Ok(bytes) => files.push(ExportFile { path: relative, bytes }),
-                Err(problem) => problems.push(problem),
+                Ok(bytes) => listing.tables.push(ExportFile { path: relative, bytes }),
+                Err(problem) => listing.problems.push(problem),
             }
+        } else if relative.ends_with(".md") {
+            listing.pages.push(Listed {
+                path: relative,
+                location: Location::File(path),
+            });
         } else {
-            attachments.push(relative);
+            listing.attachments.push(relative);
         }
     }
 }
 
-/// Where a zip's contents go.
-struct Sink<'a> {
-    files: &'a mut Vec<ExportFile>,
-    attachments: &'a mut Vec<String>,
-    problems: &'a mut Vec<Problem>,
-}
-
+/// Lists the pages, tables and attachments of the zip `reader` (archive `archive_id` of `sink`),
+/// decompressing every entry to count it against the limits; nested zips are spilled to temporary
+/// files and listed too.
+#[allow(clippy::too_many_arguments)] // the zip, where it sits, and the state of the whole read
 fn read_zip<R: Read + Seek>(
     reader: R,
+    archive_id: usize,
     prefix: &str,
     shown: &str,
     depth: usize,
     max_bytes: u64,
     budget: &mut Budget,
-    sink: &mut Sink,
+    sink: &mut Listing,
 ) -> Result<(), Problem> {
     let limits = budget.limits;
     if depth >= limits.depth {
@@ -250,15 +351,43 @@ fn read_zip<R: Read + Seek>(
         }
         let by_ratio = entry.compressed_size().saturating_mul(limits.ratio).max(RATIO_FLOOR);
         let cap = limit.min(by_ratio);
-        let mut bytes = Vec::with_capacity(entry.size().min(cap).min(RATIO_FLOOR) as usize);
-        if let Err(err) = (&mut entry).take(cap.saturating_add(1)).read_to_end(&mut bytes) {
-            sink.problems.push(Problem::new(
-                item,
-                format!("cannot decompress it ({err}): the zip is damaged"),
-            ));
-            continue;
-        }
-        if bytes.len() as u64 > cap {
+        // Kept: tables (row pages need them) and nested zips (spilled to a file). Pages are only
+        // counted here and read again, one at a time, by the second pass.
+        let mut kept = if nested {
+            match tempfile::tempfile() {
+                Ok(file) => Kept::Spilled(file),
+                Err(err) => {
+                    sink.problems.push(Problem::new(
+                        item,
+                        format!("cannot spill it to a temporary file: {err}"),
+                    ));
+                    continue;
+                }
+            }
+        } else if name.ends_with(".csv") {
+            Kept::Bytes(Vec::with_capacity(entry.size().min(cap).min(RATIO_FLOOR) as usize))
+        } else {
+            Kept::Counted
+        };
+        let read = match &mut kept {
+            Kept::Spilled(file) => std::io::copy(&mut (&mut entry).take(cap.saturating_add(1)), file),
+            Kept::Bytes(bytes) => (&mut entry)
+                .take(cap.saturating_add(1))
+                .read_to_end(bytes)
+                .map(|n| n as u64),
+            Kept::Counted => std::io::copy(&mut (&mut entry).take(cap.saturating_add(1)), &mut std::io::sink()),
+        };
+        let size = match read {
+            Ok(size) => size,
+            Err(err) => {
+                sink.problems.push(Problem::new(
+                    item,
+                    format!("cannot decompress it ({err}): the zip is damaged"),
+                ));
+                continue;
+            }
+        };
+        if size > cap {
             let reason = if cap == by_ratio && by_ratio < limit {
                 format!(
                     "decompresses more than {}:1 (declared {} bytes): not read, it looks like a zip bomb",
@@ -266,30 +395,60 @@ fn read_zip<R: Read + Seek>(
                     entry.size()
                 )
             } else {
-                over(bytes.len() as u64)
+                over(size)
             };
             sink.problems.push(Problem::new(item, reason));
             continue;
         }
-        budget.bytes_left -= bytes.len() as u64;
-        if nested {
-            let nested_prefix = format!("{}/", name.trim_end_matches(".zip"));
-            if let Err(problem) = read_zip(
-                Cursor::new(bytes),
-                &nested_prefix,
-                &item,
-                depth + 1,
-                max_bytes,
-                budget,
-                sink,
-            ) {
-                sink.problems.push(problem);
+        budget.bytes_left -= size;
+        match kept {
+            Kept::Spilled(mut file) => {
+                let nested_prefix = format!("{}/", name.trim_end_matches(".zip"));
+                let reader = match file.rewind().and_then(|()| file.try_clone()) {
+                    Ok(reader) => reader,
+                    Err(err) => {
+                        sink.problems
+                            .push(Problem::new(item, format!("cannot read its temporary file: {err}")));
+                        continue;
+                    }
+                };
+                let nested_archive = sink.archives.len();
+                sink.archives.push(Archive::Spilled(file));
+                if let Err(problem) = read_zip(
+                    reader,
+                    nested_archive,
+                    &nested_prefix,
+                    &item,
+                    depth + 1,
+                    max_bytes,
+                    budget,
+                    sink,
+                ) {
+                    sink.problems.push(problem);
+                }
             }
-        } else {
-            sink.files.push(ExportFile { path: name, bytes });
+            Kept::Bytes(bytes) => sink.tables.push(ExportFile { path: name, bytes }),
+            Kept::Counted => sink.pages.push(Listed {
+                path: name,
+                location: Location::Entry {
+                    archive: archive_id,
+                    index,
+                    cap,
+                },
+            }),
         }
     }
     Ok(())
+}
+
+/// What the first pass keeps of an entry.
+enum Kept {
+    /// A nested zip, in a temporary file.
+    Spilled(std::fs::File),
+    /// A table's bytes.
+    Bytes(Vec<u8>),
+    /// Nothing: a page, counted only.
+    Counted,
 }
 
 /// Splits Notion's `Title <32 hex>` into the title and the id.
@@ -345,54 +504,61 @@ fn parent_dir(path: &str) -> &str {
     path.rsplit_once('/').map_or("", |(dir, _)| dir)
 }
 
-fn build(files: Vec<ExportFile>, attachments: &[String], problems: &mut Vec<Problem>) -> Export {
-    // Databases first: their folders' pages are rows with properties.
-    let mut databases: HashMap<String, Database> = HashMap::new();
-    for file in files.iter().filter(|f| f.path.ends_with(".csv")) {
-        let folder = file.path.trim_end_matches(".csv").trim_end_matches("_all").to_string();
-        if file.path.ends_with("_all.csv") || !databases.contains_key(&folder) {
-            let (name, id) = split_name(stem(&folder));
-            match read_csv(&file.bytes) {
-                Ok(rows) => {
-                    databases.insert(folder, Database { id, name, rows });
+/// What the pages' documents need beyond their own text, worked out from the paths and the
+/// tables: the databases, every page's id by path (to resolve links) and every page's children.
+struct Structure {
+    databases: HashMap<String, Database>,
+    ids_by_path: HashMap<String, String>,
+    children: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Structure {
+    fn new<'p>(tables: &[ExportFile], pages: impl Iterator<Item = &'p str>, problems: &mut Vec<Problem>) -> Self {
+        // Databases first: their folders' pages are rows with properties.
+        let mut databases: HashMap<String, Database> = HashMap::new();
+        for file in tables {
+            let folder = file.path.trim_end_matches(".csv").trim_end_matches("_all").to_string();
+            if file.path.ends_with("_all.csv") || !databases.contains_key(&folder) {
+                let (name, id) = split_name(stem(&folder));
+                match read_csv(&file.bytes) {
+                    Ok(rows) => {
+                        databases.insert(folder, Database { id, name, rows });
+                    }
+                    Err(reason) => problems.push(Problem::new(&file.path, reason)),
                 }
-                Err(reason) => problems.push(Problem::new(&file.path, reason)),
             }
         }
-    }
-
-    let mut pages = Vec::new();
-    for file in files.into_iter().filter(|f| f.path.ends_with(".md")) {
-        let text = match utf8(file.bytes, &file.path) {
-            Ok(text) => text,
-            Err(problem) => {
-                problems.push(problem);
+        let mut ids_by_path = HashMap::new();
+        let mut children: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for path in pages {
+            let Some(id) = split_name(stem(path)).1 else {
                 continue;
+            };
+            if let Some(parent) = parent_of(path, &databases) {
+                children.entry(parent).or_default().insert(id.clone());
             }
-        };
-        pages.push(parse_page(&file.path, &text, &databases));
-    }
-
-    // Ids by path, to resolve links between pages.
-    let ids_by_path: HashMap<String, String> = pages
-        .iter()
-        .filter_map(|p| p.id.clone().map(|id| (p.path.clone(), id)))
-        .collect();
-    let mut children: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for page in &pages {
-        if let (Some(parent), Some(id)) = (&page.parent, &page.id) {
-            children.entry(parent.clone()).or_default().insert(id.clone());
+            ids_by_path.insert(path.to_string(), id);
+        }
+        Self {
+            databases,
+            ids_by_path,
+            children,
         }
     }
 
-    let documents = pages
-        .into_iter()
-        .map(|page| to_document(page, &ids_by_path, &children, attachments))
-        .collect();
-    Export {
-        documents,
-        problems: Vec::new(),
-        attachments: 0,
+    /// The document of the page at `path` with markdown `text`.
+    fn document(&self, path: &str, text: &str, attachments: &[String]) -> NewDocument {
+        let page = parse_page(path, text, &self.databases);
+        to_document(page, &self.ids_by_path, &self.children, attachments)
+    }
+}
+
+/// The id of the page's parent: its database's, or the page whose folder it sits in.
+fn parent_of(path: &str, databases: &HashMap<String, Database>) -> Option<String> {
+    let folder = parent_dir(path);
+    match databases.get(folder) {
+        Some(db) => db.id.clone(),
+        None => split_name(stem(folder)).1,
     }
 }
 
@@ -428,11 +594,7 @@ fn parse_page(path: &str, text: &str, databases: &HashMap<String, Database>) -> 
     // The folder a page sits in is its parent page's (or its database's) folder.
     let folder = parent_dir(path);
     let database = databases.get(folder);
-    let parent = if let Some(db) = database {
-        db.id.clone()
-    } else {
-        split_name(stem(folder)).1
-    };
+    let parent = parent_of(path, databases);
     let breadcrumb = folder
         .split('/')
         .filter(|segment| !segment.is_empty())
@@ -562,6 +724,8 @@ fn to_document(
 
 #[cfg(test)]
 mod tests {
+    use std::io::Cursor;
+
     use super::*;
 
     fn file(path: &str, text: &str) -> ExportFile {
@@ -576,7 +740,7 @@ mod tests {
     const DB: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const ROW: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
-    fn export() -> Export {
+    fn export() -> Vec<NewDocument> {
         let files = vec![
             file(
                 &format!("Notes {ROOT}.md"),
@@ -598,9 +762,15 @@ mod tests {
             ),
         ];
         let mut problems = Vec::new();
-        let export = build(files, &[format!("Notes {ROOT}/chart.png")], &mut problems);
+        let (tables, pages): (Vec<ExportFile>, Vec<ExportFile>) =
+            files.into_iter().partition(|f| f.path.ends_with(".csv"));
+        let structure = Structure::new(&tables, pages.iter().map(|p| p.path.as_str()), &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
-        export
+        let attachments = [format!("Notes {ROOT}/chart.png")];
+        pages
+            .iter()
+            .map(|p| structure.document(&p.path, std::str::from_utf8(&p.bytes).unwrap(), &attachments))
+            .collect()
     }
 
     /// A zip of `entries` (name, bytes), deflated.
@@ -622,26 +792,28 @@ mod tests {
             bytes_left: limits.total_bytes,
             entries_left: limits.entries,
         };
-        let (mut files, mut attachments, mut problems) = (Vec::new(), Vec::new(), Vec::new());
-        let mut sink = Sink {
-            files: &mut files,
-            attachments: &mut attachments,
-            problems: &mut problems,
-        };
+        let mut listing = Listing::default();
         if let Err(problem) = read_zip(
             Cursor::new(bytes),
+            0,
             "",
             "export.zip",
             0,
             u64::MAX,
             &mut budget,
-            &mut sink,
+            &mut listing,
         ) {
-            problems.push(problem);
+            listing.problems.push(problem);
         }
         (
-            files.into_iter().map(|f| f.path).collect(),
-            problems
+            listing
+                .pages
+                .into_iter()
+                .map(|p| p.path)
+                .chain(listing.tables.into_iter().map(|t| t.path))
+                .collect(),
+            listing
+                .problems
                 .into_iter()
                 .map(|p| format!("{}: {}", p.item, p.reason))
                 .collect(),
@@ -687,8 +859,8 @@ mod tests {
         assert!(problems.len() == 1 && problems[0].contains("3 entries"), "{problems:?}");
     }
 
-    fn by_title<'a>(export: &'a Export, title: &str) -> &'a NewDocument {
-        export.documents.iter().find(|d| d.title == title).expect(title)
+    fn by_title<'a>(export: &'a [NewDocument], title: &str) -> &'a NewDocument {
+        export.iter().find(|d| d.title == title).expect(title)
     }
 
     #[test]
@@ -707,7 +879,7 @@ mod tests {
     #[test]
     fn pages_keep_hierarchy_links_and_attachments() {
         let export = export();
-        assert_eq!(export.documents.len(), 3);
+        assert_eq!(export.len(), 3);
         let notes = by_title(&export, "Notes");
         assert_eq!(notes.url, page_url(ROOT));
         assert!(
