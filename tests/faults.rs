@@ -57,7 +57,14 @@ async fn prepared() -> Stores {
     let tiny = stores.home.path().join("tiny-hf");
     common::tiny_model(&tiny);
     stores
-        .ok(&["models", "register", &tiny.display().to_string(), "--name", "tiny", "--promote"])
+        .ok(&[
+            "models",
+            "register",
+            &tiny.display().to_string(),
+            "--name",
+            "tiny",
+            "--promote",
+        ])
         .await;
     stores
 }
@@ -130,7 +137,11 @@ async fn outcome(stores: &Stores) -> Outcome {
         )
         .await
         .expect("search the live index");
-    assert_eq!(hits.len() as u64, index.count(live).await.unwrap(), "the search returns every point");
+    assert_eq!(
+        hits.len() as u64,
+        index.count(live).await.unwrap(),
+        "the search returns every point"
+    );
     let points = hits
         .into_iter()
         .map(|h| (h.id.to_string(), (h.chunk.doc_id, h.chunk.position, h.chunk.text)))
@@ -243,7 +254,11 @@ async fn a_run_killed_at_ten_random_points_ends_as_an_uninterrupted_run_would() 
     let config_b = config(&stores);
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(AtomicU64::new(0));
-    let watcher = tokio::spawn(watch_alias(stores.home.path().to_path_buf(), stop.clone(), seen.clone()));
+    let watcher = tokio::spawn(watch_alias(
+        stores.home.path().to_path_buf(),
+        stop.clone(),
+        seen.clone(),
+    ));
     let mut rng = rand::rngs::StdRng::seed_from_u64(17);
     let mut kills = 0;
     for attempt in 0..KILLS {
@@ -280,7 +295,9 @@ async fn a_run_killed_at_ten_random_points_ends_as_an_uninterrupted_run_would() 
     let status = run_command(&stores, &config_b).status().expect("final run");
     assert!(status.success(), "the run after the kills failed");
     stop.store(true, Ordering::SeqCst);
-    watcher.await.expect("the alias watcher saw only complete, ready versions");
+    watcher
+        .await
+        .expect("the alias watcher saw only complete, ready versions");
     assert!(seen.load(Ordering::SeqCst) >= 1, "the watcher saw no live index");
 
     let got = outcome(&stores).await;
