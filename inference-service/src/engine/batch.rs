@@ -134,39 +134,42 @@ impl<M: Model> Batch<M> {
     }
 }
 
-/// Hands a step's outcome to the sequence's client.
+/// Hands a step's outcome to the sequence's client. The sequence's span ends before the client
+/// hears that it ended, so the request's own span (which ends on that news) outlives it.
 fn deliver<M: Model>(running: &mut Running<M>, outcome: Outcome) {
-    let _entered = running.phase.enter();
-    let events = &running.job.events;
-    match outcome {
-        Ok(Ok(step)) => {
-            if !step.text.is_empty() && events.send(Event::Text(step.text)).is_err() {
-                running.done = true; // the client went away
-                return;
+    let last = {
+        let _entered = running.phase.enter();
+        let events = &running.job.events;
+        match outcome {
+            Ok(Ok(step)) => {
+                if !step.text.is_empty() && events.send(Event::Text(step.text)).is_err() {
+                    running.done = true; // the client went away
+                    return;
+                }
+                step.completion.map(|completion| {
+                    running.phase.record(
+                        "gen_ai.usage.output_tokens",
+                        crate::telemetry::int(completion.usage.completion_tokens),
+                    );
+                    tracing::info!(
+                        prompt_tokens = completion.usage.prompt_tokens,
+                        completion_tokens = completion.usage.completion_tokens,
+                        finish = ?completion.finish_reason,
+                        "generated"
+                    );
+                    Event::Done(completion)
+                })
             }
-            if let Some(completion) = step.completion {
-                running.phase.record(
-                    "gen_ai.usage.output_tokens",
-                    crate::telemetry::int(completion.usage.completion_tokens),
-                );
-                tracing::info!(
-                    prompt_tokens = completion.usage.prompt_tokens,
-                    completion_tokens = completion.usage.completion_tokens,
-                    finish = ?completion.finish_reason,
-                    "generated"
-                );
-                let _ = events.send(Event::Done(completion));
-                running.done = true;
+            Ok(Err(why)) => Some(Event::Failed(why)),
+            Err(panic) => {
+                tracing::error!(%panic, "the model panicked while generating; the request fails, the engine serves on");
+                Some(Event::Crashed(CRASHED.to_string()))
             }
         }
-        Ok(Err(why)) => {
-            let _ = events.send(Event::Failed(why));
-            running.done = true;
-        }
-        Err(panic) => {
-            tracing::error!(%panic, "the model panicked while generating; the request fails, the engine serves on");
-            let _ = events.send(Event::Crashed(CRASHED.to_string()));
-            running.done = true;
-        }
+    };
+    if let Some(event) = last {
+        drop(std::mem::replace(&mut running.phase, tracing::Span::none()));
+        let _ = running.job.events.send(event);
+        running.done = true;
     }
 }
