@@ -844,9 +844,9 @@ pub struct TrainArgs {
     #[arg(long, env = "ENGRAM_TRAIN_MAX_SEQ_LEN", default_value_t = 1024)]
     pub max_seq_len: usize,
 
-    /// Share of each epoch's examples taken from the dataset's `qa` task (grounded answers), the
-    /// rest from `summarize`; a task with too few rows is repeated, one with too many sampled by
-    /// seed. Unset: every row of both, once per epoch. 0 trains on the summaries alone.
+    /// Share of each epoch's examples taken from the dataset's `qa` task (grounded answers): every
+    /// summary once, and qa rows (repeated or sampled by seed) to make up this share; 0 trains on
+    /// the summaries alone, 1 on the qa rows alone. Unset: every row of both, once per epoch.
     #[arg(long, env = "ENGRAM_TRAIN_QA_SHARE")]
     pub qa_share: Option<f64>,
 

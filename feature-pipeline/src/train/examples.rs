@@ -113,10 +113,11 @@ impl Renderer {
     }
 }
 
-/// The examples of one epoch from two tasks: all of both when `qa_share` is `None`, else
-/// `qa_share` of them from `qa` and the rest from `summaries` (as many in all as the two have), a
-/// task with too few repeated whole and then sampled by `seed`, one with too many sampled. With
-/// either task empty, the other's examples alone.
+/// The examples of one epoch from two tasks: all of both when `qa_share` is `None`; else every
+/// summary once and as many `qa` examples as make `qa_share` of the epoch (a `qa` task with too
+/// few repeated whole and then sampled by `seed`, one with too many sampled), and with a share of
+/// 1 the `qa` examples alone. The summaries are never repeated: repeating them to fill an epoch
+/// overfit them (README, Fine-tuning). With either task empty, the other's examples alone.
 pub fn mix(summaries: &[Example], qa: &[Example], qa_share: Option<f64>, seed: u64) -> Vec<Example> {
     let Some(share) = qa_share.map(|s| s.clamp(0.0, 1.0)) else {
         return summaries.iter().chain(qa).cloned().collect();
@@ -124,21 +125,18 @@ pub fn mix(summaries: &[Example], qa: &[Example], qa_share: Option<f64>, seed: u
     if summaries.is_empty() || qa.is_empty() {
         return summaries.iter().chain(qa).cloned().collect();
     }
-    let total = summaries.len() + qa.len();
-    let from_qa = (total as f64 * share).round() as usize;
+    if share >= 1.0 {
+        return qa.to_vec();
+    }
+    let from_qa = (summaries.len() as f64 * share / (1.0 - share)).round() as usize;
     let mut rng = StdRng::seed_from_u64(seed ^ 0x005E_ED0F_7A5C);
-    let mut take = |examples: &[Example], n: usize| -> Vec<Example> {
-        let mut out: Vec<Example> = Vec::with_capacity(n);
-        for _ in 0..n / examples.len() {
-            out.extend_from_slice(examples);
-        }
-        let mut rest: Vec<&Example> = examples.iter().collect();
-        rest.shuffle(&mut rng);
-        out.extend(rest.into_iter().take(n % examples.len()).cloned());
-        out
-    };
-    let mut mixed = take(summaries, total - from_qa);
-    mixed.extend(take(qa, from_qa));
+    let mut mixed = summaries.to_vec();
+    for _ in 0..from_qa / qa.len() {
+        mixed.extend_from_slice(qa);
+    }
+    let mut rest: Vec<&Example> = qa.iter().collect();
+    rest.shuffle(&mut rng);
+    mixed.extend(rest.into_iter().take(from_qa % qa.len()).cloned());
     mixed
 }
 
@@ -194,19 +192,26 @@ mod tests {
         let qa: Vec<Example> = (0..2).map(|i| example(100 + i, 2)).collect();
         assert_eq!(mix(&summaries, &qa, None, 1).len(), 8);
         let half = mix(&summaries, &qa, Some(0.5), 1);
-        assert_eq!(half.len(), 8);
+        assert_eq!(half.len(), 12);
         assert_eq!(
             half.iter().filter(|e| e.tokens.len() >= 100).count(),
-            4,
+            6,
             "qa repeated to half"
         );
         assert_eq!(
             half.iter().filter(|e| e.tokens.len() < 100).count(),
-            4,
-            "summaries sampled to half"
+            6,
+            "every summary once"
         );
         assert_eq!(half, mix(&summaries, &qa, Some(0.5), 1), "the same seed, the same mix");
-        assert!(mix(&summaries, &qa, Some(0.0), 1).iter().all(|e| e.tokens.len() < 100));
+        let quarter = mix(&summaries, &qa, Some(0.25), 1);
+        assert_eq!(quarter.iter().filter(|e| e.tokens.len() >= 100).count(), 2);
+        assert_eq!(
+            mix(&summaries, &qa, Some(0.0), 1),
+            summaries,
+            "the summaries alone, once"
+        );
+        assert_eq!(mix(&summaries, &qa, Some(1.0), 1), qa, "the qa examples alone");
         assert_eq!(mix(&summaries, &[], Some(0.5), 1).len(), 6);
     }
 
