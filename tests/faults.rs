@@ -54,18 +54,7 @@ fn config(stores: &Stores) -> String {
 /// A fresh home with the tiny base registered and promoted (what `train` starts from).
 async fn prepared() -> Stores {
     let stores = Stores::sqlite();
-    let tiny = stores.home.path().join("tiny-hf");
-    common::tiny_model(&tiny);
-    stores
-        .ok(&[
-            "models",
-            "register",
-            &tiny.display().to_string(),
-            "--name",
-            "tiny",
-            "--promote",
-        ])
-        .await;
+    common::register_tiny_model(&stores).await;
     stores
 }
 

@@ -120,18 +120,7 @@ async fn a_training_registers_resumes_after_sigkill_and_promotes_only_a_better_m
         .chain(["--qa-chunks-per-document", "0"])
         .collect();
     stores.ok(&dataset).await;
-    let tiny = stores.home.path().join("tiny-hf");
-    common::tiny_model(&tiny);
-    stores
-        .ok(&[
-            "models",
-            "register",
-            &tiny.display().to_string(),
-            "--name",
-            "tiny",
-            "--promote",
-        ])
-        .await;
+    common::register_tiny_model(&stores).await;
 
     // An uninterrupted training, promoted only if it beats production (the random base).
     let mut train: Vec<&str> = TRAIN.to_vec();

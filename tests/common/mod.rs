@@ -162,3 +162,19 @@ pub fn tiny_model(dir: &std::path::Path) {
     let tiny = Checkpoint { shape, tensors, ..real };
     engram_shared::generation::hf::write(&tiny, dir).unwrap();
 }
+
+/// The tiny model of [`tiny_model`], registered as `tiny` and promoted (what `train` starts from).
+pub async fn register_tiny_model(stores: &Stores) {
+    let tiny = stores.home.path().join("tiny-hf");
+    tiny_model(&tiny);
+    stores
+        .ok(&[
+            "models",
+            "register",
+            &tiny.display().to_string(),
+            "--name",
+            "tiny",
+            "--promote",
+        ])
+        .await;
+}
