@@ -180,7 +180,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 /// Polls the alias like a reader until `stop`: every version it points at is ready in the registry
-/// and holds all its chunks. Returns how many distinct live versions it saw.
+/// and holds all its chunks. Counts in `seen` the distinct live versions it checked.
 async fn watch_alias(home: std::path::PathBuf, stop: Arc<AtomicBool>, seen: Arc<AtomicU64>) {
     let registry = loop {
         if let Ok(registry) = Registry::open_sqlite(&home.join("registry.sqlite")).await {
