@@ -5,8 +5,13 @@
 //! index's dense search scores them), `sources` in all, ordered by that closeness, so the chunk sits
 //! where retrieval would put it; the answer cites its number. Chunks holding the answer's facts are
 //! not used as the other sources (they would answer too, and the citation would be a guess). A
-//! seeded share of the questions is also asked over the closest chunks of *other* documents, none
-//! holding the answer's facts: the answer is then the service's [`ABSTENTION`].
+//! seeded share of the questions is also asked over the closest chunks that do not hold the answer
+//! (none holding any number it tells, or any name when it tells no number), its own document's
+//! other chunks included: the answer is then the service's [`ABSTENTION`]. Those are the sources an
+//! unanswerable question meets in service: the retrieval threshold refuses questions off the notes'
+//! topics, so what reaches the model is a question on a topic the notes cover whose fact they lack
+//! ("what did the fado dinner cost?" over the Lisbon trip's pages). Negatives from other documents
+//! only would teach the model to abstain on a change of topic, which is not what it has to tell.
 //!
 //! Sources come only from documents of the row's own split, so no document's text crosses splits.
 //!
@@ -121,6 +126,24 @@ pub fn cite(answer: &str, number: usize) -> String {
     }
 }
 
+/// Whether `chunk` may hold part of an answer that tells `told`: any of its numbers, or any of its
+/// names when it tells no number (a name such as the place of a trip is on every chunk about it).
+/// Stricter than holding the whole answer, since a chunk that overlaps its neighbour may hold half
+/// the answer's sentence.
+fn mentions_answer(told: &[String], chunk: &Chunk) -> bool {
+    let text = format!("{}\n{}", chunk.title, chunk.text);
+    let (numbers, words) = (facts::numbers(&text), facts::words(&text));
+    let told_numbers: Vec<&String> = told
+        .iter()
+        .filter(|f| f.starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    if told_numbers.is_empty() {
+        told.iter().any(|f| words.contains(f))
+    } else {
+        told_numbers.iter().any(|f| numbers.contains(*f))
+    }
+}
+
 fn row(pair: &Pair, chosen: &[&Chunk], answer: String, cited: Option<usize>) -> QaRow {
     let sources_text: String = chosen
         .iter()
@@ -215,11 +238,12 @@ pub fn build(
         let number = with.iter().position(|(_, i)| *i == own).unwrap_or(0) + 1;
         rows.push(row(pair, &chosen, cite(&pair.answer, number), Some(number)));
 
-        if pick_unanswerable(settings, pair) {
+        // No told fact, no way to know which sources lack the answer: no unanswerable twin.
+        if !told.is_empty() && pick_unanswerable(settings, pair) {
             let without: Vec<&Chunk> = ranked
                 .iter()
                 .map(|(_, i)| &chunks[*i])
-                .filter(|c| c.doc_id != pair.chunk.doc_id && !holds_answer(c))
+                .filter(|c| !mentions_answer(&told, c))
                 .take(settings.sources)
                 .collect();
             if !without.is_empty() {
@@ -305,6 +329,7 @@ mod tests {
             chunk("dal", 0, "Simmer for 25 minutes."),
             chunk("bread", 0, "Bake at 230 degrees."),
             chunk("test-doc", 0, "Only in the test split."),
+            chunk("sintra", 2, "The Moorish Castle walls are up the hill."),
         ];
         // Unit vectors on three axes: the question is closest to dal, then sintra 0, then bread.
         let v = |x: f32, y: f32, z: f32| {
@@ -317,6 +342,7 @@ mod tests {
             v(1.0, 0.0, 0.0),
             v(0.0, 1.0, 0.2),
             v(1.0, 0.0, 0.0),
+            v(0.0, 0.5, 1.0),
         ];
         let pair = rows_pair(&chunks);
         let assigned: BTreeMap<String, &'static str> = [
@@ -350,7 +376,16 @@ mod tests {
         assert!(answered.system.contains("[2] sintra (file:///sintra)") && answered.system.contains("Sources:"));
         let abstained = &rows[1];
         assert_eq!((abstained.answerable, abstained.answer.as_str()), (false, ABSTENTION));
-        assert!(abstained.sources.iter().all(|s| s.doc_id != "sintra"));
+        let without: Vec<(&str, u32)> = abstained
+            .sources
+            .iter()
+            .map(|s| (s.doc_id.as_str(), s.position))
+            .collect();
+        assert_eq!(
+            without,
+            [("dal", 0), ("bread", 0), ("sintra", 2)],
+            "the closest chunks without €14, its own document's included"
+        );
         assert!(
             rows.iter().flat_map(|r| &r.sources).all(|s| s.doc_id != "test-doc"),
             "no text from another split"
@@ -393,5 +428,21 @@ mod tests {
         assert_eq!(assigned["b"], "train");
         assert_eq!(assigned["c"], "train");
         assert_eq!(cite("At 9:10", 3), "At 9:10 [3]");
+    }
+
+    #[test]
+    fn a_chunk_mentions_the_answer_by_a_told_number_else_by_a_told_name() {
+        let told = |answer: &str, question: &str| facts::told(answer, question);
+        let castle = chunk("sintra", 0, "Tickets for the Castle were sold out at 9:30.");
+        assert!(mentions_answer(&told("We got there at 9:30.", "When?"), &castle));
+        assert!(
+            !mentions_answer(&told("In Sintra the Castle opened at 10:00.", "When?"), &castle),
+            "names are not enough when a number is told"
+        );
+        assert!(mentions_answer(
+            &told("We went with Maria and the Castle guide.", "Who?"),
+            &castle
+        ));
+        assert!(!mentions_answer(&told("We went with Maria.", "Who?"), &castle));
     }
 }
