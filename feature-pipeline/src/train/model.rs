@@ -286,6 +286,11 @@ impl Base {
             Path::Candle => Some(self.candle_rope_tables(&batch.positions)?),
             Path::Custom => None,
         };
+        // Only the target rows' outputs are read, so the last layer's attention output projection
+        // and MLP (and their backward) run on those rows alone.
+        let rows: Vec<u32> = batch.targets.iter().map(|&(row, _)| row as u32).collect();
+        let rows = Tensor::from_vec(rows, batch.targets.len(), &self.device)?;
+        let last = self.layers.len().saturating_sub(1);
         for (i, layer) in self.layers.iter().enumerate() {
             let project = |projection: Projection, input: &Tensor| -> Result<Tensor> {
                 let weight = layer.weight(projection);
@@ -316,6 +321,12 @@ impl Base {
                 }
                 (Path::Candle, None) => unreachable!("candle path tables are built above"),
             };
+            let a = if i == last {
+                x = x.index_select(&rows, 0)?;
+                a.index_select(&rows, 0)?
+            } else {
+                a
+            };
             x = (x + project(Projection::O, &a)?)?;
             let h = layer.ffn_norm.forward(&x, path)?;
             let gate = project(Projection::Gate, &h)?;
@@ -326,9 +337,10 @@ impl Base {
             };
             x = (x + project(Projection::Down, &m)?)?;
         }
-        let rows: Vec<u32> = batch.targets.iter().map(|&(row, _)| row as u32).collect();
-        let rows = Tensor::from_vec(rows, batch.targets.len(), &self.device)?;
-        let selected = x.index_select(&rows, 0)?;
+        let selected = match self.layers.is_empty() {
+            true => x.index_select(&rows, 0)?,
+            false => x,
+        };
         let normed = self.norm.forward(&selected, path)?;
         self.output.as_ref().unwrap_or(&self.embedding).forward(&normed, path)
     }

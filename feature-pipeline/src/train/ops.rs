@@ -26,6 +26,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, StorageRef, Tensor, bail,
 };
+use engram_shared::generation::kernels::{exp_in_place, softmax_in_place};
 use engram_shared::generation::llama::rope_angles;
 use rayon::prelude::*;
 
@@ -350,8 +351,16 @@ impl SwiGlu {
     }
 }
 
-fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + (-v).exp())
+/// `sigmoid(g)` of each gate value into `out`, from `e^-|g|` (never overflows) computed in bulk.
+fn sigmoids(g: &[f32], out: &mut [f32]) {
+    for (o, &g) in out.iter_mut().zip(g) {
+        *o = -g.abs();
+    }
+    exp_in_place(out);
+    for (o, &g) in out.iter_mut().zip(g) {
+        let r = 1.0 / (1.0 + *o);
+        *o = if g >= 0.0 { r } else { *o * r };
+    }
 }
 
 impl CustomOp2 for SwiGlu {
@@ -368,8 +377,9 @@ impl CustomOp2 for SwiGlu {
         y.par_chunks_mut(4096)
             .zip(g.par_chunks(4096).zip(u.par_chunks(4096)))
             .for_each(|(y, (g, u))| {
+                sigmoids(g, y);
                 for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
-                    *y = g * sigmoid(g) * u;
+                    *y *= g * u;
                 }
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -388,8 +398,9 @@ impl CustomOp2 for SwiGlu {
             .zip(du.par_chunks_mut(4096))
             .zip(g.par_chunks(4096).zip(u.par_chunks(4096)).zip(dy.par_chunks(4096)))
             .for_each(|((dg, du), ((g, u), dy))| {
+                sigmoids(g, dg);
                 for i in 0..g.len() {
-                    let s = sigmoid(g[i]);
+                    let s = dg[i];
                     let silu = g[i] * s;
                     du[i] = dy[i] * silu;
                     dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
@@ -421,10 +432,15 @@ impl CrossEntropy {
     }
 
     /// Each row's maximum and log-sum-exp.
-    fn row_stats(row: &[f32]) -> (f32, f32) {
+    /// `e^(v - max)` of each logit of `row` into `out`, and their sum: the softmax's numerators
+    /// and denominator. `ln(sum) + max` is the row's log-sum-exp.
+    fn shifted_exponentials(row: &[f32], out: &mut [f32]) -> (f32, f32) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
-        (max, max + sum.ln())
+        for (o, v) in out.iter_mut().zip(row) {
+            *o = v - max;
+        }
+        exp_in_place(out);
+        (max, out.iter().sum())
     }
 
     fn check(&self, rows: usize, vocab: usize) -> Result<()> {
@@ -450,7 +466,13 @@ impl CustomOp1 for CrossEntropy {
         let losses: Vec<f32> = logits
             .par_chunks(vocab)
             .zip(self.targets.par_iter())
-            .map(|(row, &t)| Self::row_stats(row).1 - row[t as usize])
+            .map_init(
+                || vec![0f32; vocab],
+                |scratch, (row, &t)| {
+                    let (max, sum) = Self::shifted_exponentials(row, scratch);
+                    max + sum.ln() - row[t as usize]
+                },
+            )
             .collect();
         Ok((CpuStorage::F32(vec![losses.iter().sum()]), Shape::from(())))
     }
@@ -465,10 +487,9 @@ impl CustomOp1 for CrossEntropy {
         d.par_chunks_mut(vocab)
             .zip(values.par_chunks(vocab).zip(self.targets.par_iter()))
             .for_each(|(out, (row, &t))| {
-                let (_, lse) = Self::row_stats(row);
-                for (o, v) in out.iter_mut().zip(row) {
-                    *o = g * (v - lse).exp();
-                }
+                let (_, sum) = Self::shifted_exponentials(row, out);
+                let k = g / sum;
+                out.iter_mut().for_each(|o| *o *= k);
                 out[t as usize] -= g;
             });
         Ok(Some(Tensor::from_vec(d, (rows, vocab), logits.device())?))
@@ -780,14 +801,7 @@ impl Attention {
         }
         for (i, row) in p.chunks_exact_mut(len).enumerate() {
             let (seen, future) = row.split_at_mut(i + 1);
-            let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for s in seen.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
-            seen.iter_mut().for_each(|s| *s *= inv);
+            softmax_in_place(seen);
             future.fill(0.0);
         }
     }

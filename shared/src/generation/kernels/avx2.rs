@@ -379,6 +379,28 @@ fn exp8(x: __m256) -> __m256 {
     _mm256_andnot_ps(under, _mm256_mul_ps(p, scale))
 }
 
+/// `e^x` in place, eight values at a time by [`exp8`] (values above 88 are taken as 88, where
+/// `e^x` nears f32's largest; below -87 the result is 0), the tail by `f32::exp`.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn exp(values: &mut [f32]) {
+    let whole = values.len() - values.len() % 8;
+    let p = values.as_mut_ptr();
+    let high = _mm256_set1_ps(88.0);
+    // SAFETY: offsets below `whole` read and write whole runs of eight inside `values`.
+    for i in (0..whole).step_by(8) {
+        unsafe {
+            let x = _mm256_min_ps(_mm256_loadu_ps(p.add(i)), high);
+            _mm256_storeu_ps(p.add(i), exp8(x));
+        }
+    }
+    for v in &mut values[whole..] {
+        *v = v.min(88.0).exp();
+    }
+}
+
 /// [`super::softmax`] eight scores at a time: the maximum, `e^(s - max)` by [`exp8`], the total
 /// in eight running sums added in a fixed order, and the division.
 ///
