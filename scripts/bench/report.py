@@ -18,6 +18,12 @@ def machine():
                 break
     except OSError:
         pass
+    try:
+        flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "").split()
+    except OSError:
+        flags = []
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    cpu = f"{cpu} ({vector})"
     cores = os.cpu_count()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()

@@ -2,8 +2,10 @@
 # Training benchmark: `feature-pipeline bench-train` beside Hugging Face transformers + peft on torch
 # (CPU), same machine, same run, same model (the HF export of the shipped GGUF), same LoRA config and
 # workload (batch 1, 512-token sequences, the last 128 carrying the loss), at 1 and 2 threads, each
-# in a fresh process (peak RSS). Then the sample run: `feature-pipeline train` on the quickstart's
-# dataset, its time and tokens/s. Writes the Training section of docs/BENCHMARKS.md.
+# in a fresh process (peak RSS). The engines alternate over ENGRAM_BENCH_TRAIN_ROUNDS rounds (3) at
+# each thread count, so a slow spell of a shared machine falls on both; the report gives each
+# engine's median and the range of the per-round ratios. Writes the Training section of
+# docs/BENCHMARKS.md, with the hand-written notes of docs/bench-notes/train.md after the table.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -16,6 +18,7 @@ mkdir -p "$out"
 results="$out/train.jsonl"
 : >"$results"
 steps="${ENGRAM_BENCH_TRAIN_STEPS:-6}"
+rounds="${ENGRAM_BENCH_TRAIN_ROUNDS:-3}"
 
 ./scripts/fetch-models.sh >/dev/null
 if [[ ! -x "$venv/bin/python" ]]; then
@@ -36,9 +39,13 @@ if [[ ! -f "$model/model.safetensors" ]]; then
 fi
 
 for threads in 1 2; do
-  "$bin" bench-train --base "$model" --threads "$threads" --steps "$steps" | tee -a "$results"
-  "$venv/bin/python" scripts/bench/train_peer.py --model "$model" --threads "$threads" --steps "$steps" | tee -a "$results"
+  for _ in $(seq "$rounds"); do
+    "$bin" bench-train --base "$model" --threads "$threads" --steps "$steps" | tee -a "$results"
+    "$venv/bin/python" scripts/bench/train_peer.py --model "$model" --threads "$threads" --steps "$steps" |
+      tee -a "$results"
+  done
 done
 
-"$venv/bin/python" scripts/bench/train_report.py "$results" docs/BENCHMARKS.md ${ENGRAM_BENCH_TRAIN_NOTES:+"$ENGRAM_BENCH_TRAIN_NOTES"}
+"$venv/bin/python" scripts/bench/train_report.py "$results" docs/BENCHMARKS.md \
+  "${ENGRAM_BENCH_TRAIN_NOTES:-docs/bench-notes/train.md}"
 echo "wrote the Training section of docs/BENCHMARKS.md"

@@ -716,6 +716,32 @@ struct Slot {
     g: usize,
 }
 
+/// A thread's two `len x len` score matrices (probabilities and their gradient), reused from task
+/// to task without clearing: [`Attention::probabilities`] and the backward pass write every
+/// element before they read it (each causal block's product, then the row's future filled with
+/// zeros), so a task never sees its predecessor's values. At 512 rows that is 2 MB a task not
+/// zeroed and not faulted in again, for each of nine heads and thirty layers.
+#[derive(Default)]
+struct Scores {
+    p: Vec<f32>,
+    dp: Vec<f32>,
+}
+
+impl Scores {
+    /// The probabilities alone (the forward pass).
+    fn probabilities(&mut self, len: usize) -> &mut [f32] {
+        self.p.resize(len * len, 0.0);
+        &mut self.p
+    }
+
+    /// The probabilities and their gradient (the backward pass).
+    fn pair(&mut self, len: usize) -> (&mut [f32], &mut [f32]) {
+        self.p.resize(len * len, 0.0);
+        self.dp.resize(len * len, 0.0);
+        (&mut self.p, &mut self.dp)
+    }
+}
+
 /// One (segment, query head) task's gradients, `len x d` each: its `dq` rows and its share of its
 /// key/value head's `dk`, `dv` rows.
 struct HeadGradients {
@@ -829,18 +855,17 @@ impl Attention {
             .collect();
         let results: Vec<HeadGradients> = tasks
             .into_par_iter()
-            .map(|(first, len, h)| {
+            .map_init(Scores::default, |scores, (first, len, h)| {
                 let g = h / group;
-                let mut p = vec![0f32; len * len];
-                let mut dp = vec![0f32; len * len];
+                let (p, dp) = scores.pair(len);
                 let mut dq = vec![0f32; len * d];
                 let mut dk = vec![0f32; len * d];
                 let mut dv = vec![0f32; len * d];
-                self.probabilities(q, k, Slot { first, len, h, g }, &mut p);
+                self.probabilities(q, k, Slot { first, len, h, g }, p);
                 for (r0, r1) in causal_blocks(len) {
                     // dP = dO_h · V_gᵀ
                     product(
-                        ViewMut::rows(&mut dp, r0 * len, r1 - r0, r1, len),
+                        ViewMut::rows(dp, r0 * len, r1 - r0, r1, len),
                         View::rows(dout, (first + r0) * qc + h * d, r1 - r0, d, qc),
                         View::rows(v, first * kc + g * d, r1, d, kc).t(),
                         1.0,
@@ -866,7 +891,7 @@ impl Attention {
                     // dQ_h = dS · K_g
                     product(
                         ViewMut::rows(&mut dq, r0 * d, r1 - r0, d, d),
-                        View::rows(&dp, r0 * len, r1 - r0, r1, len),
+                        View::rows(dp, r0 * len, r1 - r0, r1, len),
                         View::rows(k, first * kc + g * d, r1, d, kc),
                         1.0,
                         false,
@@ -875,7 +900,7 @@ impl Attention {
                     // dK_g += dSᵀ · Q_h ; dV_g += Pᵀ · dO_h
                     product(
                         ViewMut::rows(&mut dk, 0, r1, d, d),
-                        View::rows(&dp, r0 * len, r1 - r0, r1, len).t(),
+                        View::rows(dp, r0 * len, r1 - r0, r1, len).t(),
                         View::rows(q, (first + r0) * qc + h * d, r1 - r0, d, qc),
                         1.0,
                         true,
@@ -883,7 +908,7 @@ impl Attention {
                     );
                     product(
                         ViewMut::rows(&mut dv, 0, r1, d, d),
-                        View::rows(&p, r0 * len, r1 - r0, r1, len).t(),
+                        View::rows(p, r0 * len, r1 - r0, r1, len).t(),
                         View::rows(dout, (first + r0) * qc + h * d, r1 - r0, d, qc),
                         1.0,
                         true,
@@ -961,15 +986,15 @@ impl CustomOp3 for Attention {
             .collect();
         let parts: Vec<(usize, usize, usize, Vec<f32>)> = tasks
             .into_par_iter()
-            .map(|(first, len, h)| {
+            .map_init(Scores::default, |scores, (first, len, h)| {
                 let g = h / group;
-                let mut p = vec![0f32; len * len];
-                self.probabilities(q, k, Slot { first, len, h, g }, &mut p);
+                let p = scores.probabilities(len);
+                self.probabilities(q, k, Slot { first, len, h, g }, p);
                 let mut o = vec![0f32; len * d];
                 for (r0, r1) in causal_blocks(len) {
                     product(
                         ViewMut::rows(&mut o, r0 * d, r1 - r0, d, d),
-                        View::rows(&p, r0 * len, r1 - r0, r1, len),
+                        View::rows(p, r0 * len, r1 - r0, r1, len),
                         View::rows(v, first * kc + g * d, r1, d, kc),
                         1.0,
                         false,
@@ -996,10 +1021,28 @@ impl CustomOp3 for Attention {
         out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let values = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
         let (n, qc) = q.dims2()?;
         let kc = k.dims2()?.1;
-        let (dq, dk, dv) = self.backward(&values(q)?, &values(k)?, &values(v)?, &values(out)?, &values(grad)?, n);
+        let grad = grad.contiguous()?;
+        let held = [
+            Held::new(q),
+            Held::new(k),
+            Held::new(v),
+            Held::new(out),
+            Held::new(&grad),
+        ];
+        let name = self.name();
+        let (qv, kv, vv, ov, gv) = (
+            held[0].values(name)?,
+            held[1].values(name)?,
+            held[2].values(name)?,
+            held[3].values(name)?,
+            held[4].values(name)?,
+        );
+        if qv.len() != n * qc || kv.len() != n * kc || vv.len() != n * kc || ov.len() != n * qc || gv.len() != n * qc {
+            bail!("{name}: saved tensors and gradient disagree with q {n} x {qc}, k/v {n} x {kc}");
+        }
+        let (dq, dk, dv) = self.backward(qv, kv, vv, ov, gv, n);
         let device = q.device();
         Ok((
             Some(Tensor::from_vec(dq, (n, qc), device)?),
