@@ -197,6 +197,11 @@ pub struct DatasetArgs {
     #[arg(long, default_value_t = 0.85)]
     pub max_sibling_similarity: f64,
 
+    /// Keep at most this many summaries per document, the most faithful of those that pass
+    /// (best-of-n: distil more with --summaries, keep the best). Unset: every one that passes.
+    #[arg(long)]
+    pub keep_best: Option<usize>,
+
     /// Also ask the teacher to score each summary from 1 to 5, dropping those under --judge-min.
     #[arg(long)]
     pub judge: bool,

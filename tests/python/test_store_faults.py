@@ -214,12 +214,13 @@ def test_the_service_is_not_ready_while_its_registry_is_gone_and_recovers_on_its
     server = Service(env, "--reload-interval-secs", "1")
     try:
         status, body = readiness(server.base)
-        assert status == 200 and body["stores"]["registry"]["ok"], body
+        assert status == 200 and body["stores"]["registry"]["ok"] and "reason" not in body, body
         postgres.stop()
         status, body = wait_for(lambda: (r := readiness(server.base))[0] == 503 and r, 60,
                                 "/readyz says 503 once the registry is gone")
         assert not body["ready"] and not body["stores"]["registry"]["ok"], body
         assert body["stores"]["registry"]["error"], body
+        assert body["reason"].startswith("the registry does not answer"), body
         assert body["stores"]["vectors"]["ok"], body
         # What is loaded still answers: the registry is read only to pick up new versions.
         request = urllib.request.Request(

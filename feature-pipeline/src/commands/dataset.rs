@@ -158,6 +158,7 @@ pub async fn stage(storage: &Storage, run: &Run<'_>, args: &DatasetArgs) -> Resu
         min_faithfulness: args.min_faithfulness,
         max_sibling_similarity: args.max_sibling_similarity,
         judge_min: args.judge.then_some(args.judge_min),
+        keep_best: args.keep_best,
     };
     let quality_config = json!({
         "settings": quality_settings,

@@ -8,7 +8,11 @@
 //!   about something else;
 //! - `near_duplicate`: almost the same words (3-gram Jaccard) as a kept summary of the same document;
 //! - `judge` (optional): the teacher, asked to rate faithfulness and coverage from 1 to 5, scored it
-//!   below the minimum.
+//!   below the minimum;
+//! - `not_best` (optional): its document kept more summaries than `keep_best`, and it is not among
+//!   the most faithful of them. Best-of-n selection is what makes a teacher's samples better than
+//!   its typical answer: with the base model as its own teacher, a dataset of every sample that
+//!   passes teaches the student what it already does.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -40,6 +44,8 @@ pub enum Rule {
     NearDuplicate,
     /// Scored low by the judge.
     Judge,
+    /// Passed, but its document has more faithful summaries than `keep_best` allows.
+    NotBest,
 }
 
 /// Thresholds.
@@ -55,6 +61,11 @@ pub struct QualitySettings {
     pub max_sibling_similarity: f64,
     /// Ask the teacher to score each summary, and drop those under this score (1–5).
     pub judge_min: Option<u8>,
+    /// Keep at most this many summaries per document (those that passed every rule), the most
+    /// faithful first. (Left out of the step's recorded settings when unset, so datasets made
+    /// before the setting existed keep their step keys.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_best: Option<usize>,
 }
 
 /// A dropped summary.
@@ -172,6 +183,7 @@ pub async fn run(
     .await??;
 
     let mut kept: Vec<Sample> = Vec::new();
+    let mut kept_faithfulness: Vec<f32> = Vec::new();
     let mut rejected = Vec::new();
     for (i, sample) in samples.into_iter().enumerate() {
         progress.inc(1);
@@ -215,14 +227,62 @@ pub async fn run(
                 rule,
                 value,
             }),
-            None => kept.push(sample),
+            None => {
+                kept_faithfulness.push(cosine(
+                    &answer_vectors[i],
+                    &source_vectors[source_index[&sample.doc_id]],
+                ));
+                kept.push(sample);
+            }
         }
+    }
+    if let Some(limit) = settings.keep_best {
+        (kept, rejected) = keep_best(kept, &kept_faithfulness, rejected, limit);
     }
     Ok(Checked {
         kept,
         rejected,
         truncated_sources,
     })
+}
+
+/// Of each document's `kept` summaries, the `limit` most faithful (ties: the lower sample number),
+/// in input order; the others join `rejected` as `not_best`.
+fn keep_best(
+    kept: Vec<Sample>,
+    faithfulness: &[f32],
+    mut rejected: Vec<Rejected>,
+    limit: usize,
+) -> (Vec<Sample>, Vec<Rejected>) {
+    let mut by_document: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, sample) in kept.iter().enumerate() {
+        by_document.entry(sample.doc_id.as_str()).or_default().push(i);
+    }
+    let mut chosen = vec![false; kept.len()];
+    for indices in by_document.values_mut() {
+        indices.sort_by(|&a, &b| {
+            faithfulness[b]
+                .total_cmp(&faithfulness[a])
+                .then(kept[a].sample.cmp(&kept[b].sample))
+        });
+        for &i in indices.iter().take(limit) {
+            chosen[i] = true;
+        }
+    }
+    let mut best = Vec::with_capacity(kept.len());
+    for (i, sample) in kept.into_iter().enumerate() {
+        if chosen[i] {
+            best.push(sample);
+        } else {
+            rejected.push(Rejected {
+                doc_id: sample.doc_id.clone(),
+                sample: sample.sample,
+                rule: Rule::NotBest,
+                value: f64::from(faithfulness[i]),
+            });
+        }
+    }
+    (best, rejected)
 }
 
 #[cfg(test)]
@@ -314,6 +374,7 @@ mod tests {
             min_faithfulness: 0.45,
             max_sibling_similarity: 0.85,
             judge_min: Some(3),
+            keep_best: None,
         };
         let checked = run(
             samples,
@@ -342,6 +403,20 @@ mod tests {
             2,
             "the judge sees only what passed the other rules"
         );
+    }
+
+    #[test]
+    fn keep_best_keeps_each_documents_most_faithful_summaries_in_order() {
+        let mut kept = vec![sample(0, "a"), sample(1, "b"), sample(2, "c"), sample(3, "d")];
+        kept[3].doc_id = "other".into();
+        let (best, rejected) = keep_best(kept, &[0.5, 0.7, 0.7, 0.1], Vec::new(), 2);
+        let kept: Vec<(&str, usize)> = best.iter().map(|s| (s.doc_id.as_str(), s.sample)).collect();
+        assert_eq!(kept, vec![("doc", 1), ("doc", 2), ("other", 3)]);
+        assert_eq!(rejected.len(), 1);
+        assert_eq!((rejected[0].sample, rejected[0].rule), (0, Rule::NotBest));
+        assert!((rejected[0].value - 0.5).abs() < 1e-6);
+        let (one, _) = keep_best(vec![sample(0, "a"), sample(1, "b")], &[0.6, 0.6], Vec::new(), 1);
+        assert_eq!(one[0].sample, 0, "a tie goes to the lower sample number");
     }
 
     #[test]

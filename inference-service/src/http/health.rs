@@ -46,8 +46,12 @@ pub struct IndexState {
 /// Whether the service can answer chat requests, and what it serves.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
-    /// A model and a compatible index are loaded.
+    /// A model and a compatible index are loaded, and the stores answer.
     pub ready: bool,
+    /// Why not, in one line: the first of the model's, the index's and the stores' problems (absent
+    /// when ready), for a probe's log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The model.
     pub model: ModelState,
     /// The index.
@@ -124,9 +128,11 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         },
     };
     let stores = state.stores.states();
-    let ready = served.ready().is_ok() && stores.problem().is_none();
+    let reason = served.ready().err().or_else(|| stores.problem());
+    let ready = reason.is_none();
     let body = Readiness {
         ready,
+        reason,
         model,
         index,
         stores,

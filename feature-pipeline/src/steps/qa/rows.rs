@@ -126,21 +126,41 @@ pub fn cite(answer: &str, number: usize) -> String {
     }
 }
 
-/// Whether `chunk` may hold part of an answer that tells `told`: any of its numbers, or any of its
-/// names when it tells no number (a name such as the place of a trip is on every chunk about it).
-/// Stricter than holding the whole answer, since a chunk that overlaps its neighbour may hold half
-/// the answer's sentence.
-fn mentions_answer(told: &[String], chunk: &Chunk) -> bool {
-    let text = format!("{}\n{}", chunk.title, chunk.text);
-    let (numbers, words) = (facts::numbers(&text), facts::words(&text));
-    let told_numbers: Vec<&String> = told
-        .iter()
-        .filter(|f| f.starts_with(|c: char| c.is_ascii_digit()))
-        .collect();
-    if told_numbers.is_empty() {
-        told.iter().any(|f| words.contains(f))
-    } else {
-        told_numbers.iter().any(|f| numbers.contains(*f))
+/// The numbers and words of a chunk's title and text, read once per chunk: every question of the
+/// split is checked against every chunk.
+struct ChunkFacts {
+    numbers: BTreeSet<String>,
+    words: BTreeSet<String>,
+}
+
+impl ChunkFacts {
+    fn of(chunk: &Chunk) -> Self {
+        let text = format!("{}\n{}", chunk.title, chunk.text);
+        ChunkFacts {
+            numbers: facts::numbers(&text),
+            words: facts::words(&text),
+        }
+    }
+
+    /// Whether the chunk holds every fact of the answer that tells `told`.
+    fn holds_answer(&self, told: &[String]) -> bool {
+        !told.is_empty() && told.iter().all(|f| self.numbers.contains(f) || self.words.contains(f))
+    }
+
+    /// Whether the chunk may hold part of an answer that tells `told`: any of its numbers, or any
+    /// of its names when it tells no number (a name such as the place of a trip is on every chunk
+    /// about it). Stricter than holding the whole answer, since a chunk that overlaps its
+    /// neighbour may hold half the answer's sentence.
+    fn mentions_answer(&self, told: &[String]) -> bool {
+        let told_numbers: Vec<&String> = told
+            .iter()
+            .filter(|f| f.starts_with(|c: char| c.is_ascii_digit()))
+            .collect();
+        if told_numbers.is_empty() {
+            told.iter().any(|f| self.words.contains(f))
+        } else {
+            told_numbers.iter().any(|f| self.numbers.contains(*f))
+        }
     }
 }
 
@@ -203,6 +223,7 @@ pub fn build(
         .enumerate()
         .map(|(i, c)| ((c.doc_id.as_str(), c.position), i))
         .collect();
+    let chunk_facts: Vec<ChunkFacts> = chunks.iter().map(ChunkFacts::of).collect();
     for (pair, question) in pairs.iter().zip(question_vectors) {
         let Some(&split) = assigned.get(&pair.chunk.doc_id) else {
             continue;
@@ -211,11 +232,6 @@ pub fn build(
             continue;
         };
         let told = facts::told(&pair.answer, &pair.question);
-        let holds_answer = |chunk: &Chunk| {
-            let text = format!("{}\n{}", chunk.title, chunk.text);
-            let (numbers, words) = (facts::numbers(&text), facts::words(&text));
-            !told.is_empty() && told.iter().all(|f| numbers.contains(f) || words.contains(f))
-        };
         // Every other chunk of the split, closest to the question first.
         let mut ranked: Vec<(f32, usize)> = chunks
             .iter()
@@ -228,7 +244,7 @@ pub fn build(
 
         let mut with: Vec<(f32, usize)> = ranked
             .iter()
-            .filter(|(_, i)| !holds_answer(&chunks[*i]))
+            .filter(|(_, i)| !chunk_facts[*i].holds_answer(&told))
             .take(settings.sources.saturating_sub(1))
             .copied()
             .collect();
@@ -242,8 +258,8 @@ pub fn build(
         if !told.is_empty() && pick_unanswerable(settings, pair) {
             let without: Vec<&Chunk> = ranked
                 .iter()
+                .filter(|(_, i)| !chunk_facts[*i].mentions_answer(&told))
                 .map(|(_, i)| &chunks[*i])
-                .filter(|c| !mentions_answer(&told, c))
                 .take(settings.sources)
                 .collect();
             if !without.is_empty() {
@@ -433,16 +449,19 @@ mod tests {
     #[test]
     fn a_chunk_mentions_the_answer_by_a_told_number_else_by_a_told_name() {
         let told = |answer: &str, question: &str| facts::told(answer, question);
-        let castle = chunk("sintra", 0, "Tickets for the Castle were sold out at 9:30.");
-        assert!(mentions_answer(&told("We got there at 9:30.", "When?"), &castle));
+        let castle = ChunkFacts::of(&chunk("sintra", 0, "Tickets for the Castle were sold out at 9:30."));
+        assert!(castle.mentions_answer(&told("We got there at 9:30.", "When?")));
         assert!(
-            !mentions_answer(&told("In Sintra the Castle opened at 10:00.", "When?"), &castle),
+            !castle.mentions_answer(&told("In Sintra the Castle opened at 10:00.", "When?")),
             "names are not enough when a number is told"
         );
-        assert!(mentions_answer(
-            &told("We went with Maria and the Castle guide.", "Who?"),
-            &castle
-        ));
-        assert!(!mentions_answer(&told("We went with Maria.", "Who?"), &castle));
+        assert!(castle.mentions_answer(&told("We went with Maria and the Castle guide.", "Who?")));
+        assert!(!castle.mentions_answer(&told("We went with Maria.", "Who?")));
+        assert!(castle.holds_answer(&told("Sold out at 9:30.", "When?")));
+        assert!(!castle.holds_answer(&told("Sold out at 9:30 with Maria.", "When?")));
+        assert!(
+            !castle.holds_answer(&[]),
+            "an answer that tells nothing is held by no chunk"
+        );
     }
 }
