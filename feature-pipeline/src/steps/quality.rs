@@ -188,6 +188,7 @@ pub async fn run(
     for (i, sample) in samples.into_iter().enumerate() {
         progress.inc(1);
         let chars = sample.answer.chars().count();
+        let faithfulness = cosine(&answer_vectors[i], &source_vectors[source_index[&sample.doc_id]]);
         let verdict = if chars < 20 {
             Some((Rule::Empty, chars as f64))
         } else if chars > settings.budget_chars {
@@ -196,7 +197,6 @@ pub async fn run(
             // The prompt shows the title as a heading above the text: copying it counts too.
             let shown = format!("{}\n{}", sample.title, sample.source_text);
             let copied = copied_share(&sample.answer, &shown);
-            let faithfulness = cosine(&answer_vectors[i], &source_vectors[source_index[&sample.doc_id]]);
             let sibling = kept
                 .iter()
                 .filter(|k| k.doc_id == sample.doc_id)
@@ -228,10 +228,7 @@ pub async fn run(
                 value,
             }),
             None => {
-                kept_faithfulness.push(cosine(
-                    &answer_vectors[i],
-                    &source_vectors[source_index[&sample.doc_id]],
-                ));
+                kept_faithfulness.push(faithfulness);
                 kept.push(sample);
             }
         }
