@@ -9,7 +9,7 @@
 //! The 49152-wide output projection runs only at the rows whose next token is a label (the
 //! answer's), which is where the loss is; prompt rows never reach it.
 //!
-//! Two forms of each operation: engram's custom ops with their own backward (`ops.rs`, the CPU
+//! Two forms of each operation: engram's custom ops with their own backward (`ops/`, the CPU
 //! path, the default) and candle's differentiable built-ins ([`Path::Candle`]: the path on other
 //! devices, and the reference the tests compare the custom ops with).
 
@@ -19,7 +19,7 @@ use candle_core::{D, DType, Device, Result, Tensor, bail};
 use engram_shared::generation::llama::{Part, Shape};
 
 use super::lora::{Adapter, Projection};
-use super::ops::{AdaptedProduct, Attention, CrossEntropy, Frozen, RmsNorm, Rope, RopeTable, SwiGlu};
+use super::ops::{AdaptedProduct, Attention, CrossEntropy, Frozen, RmsNorm, RopeTable, SwiGlu};
 
 /// A model's tensors by part (a `Checkpoint`'s), matrices in GGUF's row order.
 pub type Tensors = std::collections::BTreeMap<Part, Tensor>;
@@ -28,6 +28,13 @@ fn get(tensors: &Tensors, part: Part) -> Result<&Tensor> {
     tensors
         .get(&part)
         .ok_or_else(|| candle_core::Error::Msg(format!("the model lacks {}", part.gguf_name())))
+}
+
+/// A matrix's values, rows and columns.
+fn matrix(tensors: &Tensors, part: Part) -> Result<(Vec<f32>, usize, usize)> {
+    let tensor = get(tensors, part)?;
+    let (rows, cols) = tensor.dims2()?;
+    Ok((tensor.flatten_all()?.to_vec1::<f32>()?, rows, cols))
 }
 
 /// Which implementation of the operations a forward pass uses.
@@ -47,12 +54,15 @@ struct Weight {
 
 impl Weight {
     fn new(tensors: &Tensors, part: Part) -> Result<Self> {
-        let tensor = get(tensors, part)?;
-        let (rows, cols) = tensor.dims2()?;
-        Ok(Weight {
-            frozen: Frozen::new(tensor.flatten_all()?.to_vec1::<f32>()?, rows, cols)?,
+        let (values, rows, cols) = matrix(tensors, part)?;
+        Ok(Weight::of(Frozen::new(values, rows, cols)?))
+    }
+
+    fn of(frozen: Frozen) -> Self {
+        Weight {
+            frozen,
             tensor: OnceLock::new(),
-        })
+        }
     }
 
     fn tensor(&self, device: &Device) -> Result<&Tensor> {
@@ -97,13 +107,61 @@ impl Norm {
     }
 }
 
+/// Projections of one input, run side by side as one product over their stacked weights.
+struct Stacked {
+    members: &'static [Projection],
+    weight: Frozen,
+}
+
+/// Q, K and V (of the attention's normed input).
+const QKV: &[Projection] = &[Projection::Q, Projection::K, Projection::V];
+/// Gate and up (of the MLP's normed input).
+const GATE_UP: &[Projection] = &[Projection::Gate, Projection::Up];
+
 struct Layer {
     attn_norm: Norm,
+    /// All seven, each a view of its rows where it is part of a stack.
     projections: Vec<(Projection, Weight)>,
+    qkv: Stacked,
+    gate_up: Stacked,
     ffn_norm: Norm,
 }
 
 impl Layer {
+    fn new(tensors: &Tensors, i: usize, eps: f32) -> Result<Self> {
+        let mut projections = Vec::with_capacity(7);
+        let mut stack = |members: &'static [Projection]| -> Result<Stacked> {
+            let mut parts = Vec::with_capacity(members.len());
+            let mut width = None;
+            for &p in members {
+                let (values, rows, cols) = matrix(tensors, p.part(i))?;
+                if width.is_some_and(|w| w != cols) {
+                    bail!(
+                        "{} takes {cols} inputs, unlike the projections beside it",
+                        p.part(i).gguf_name()
+                    );
+                }
+                width = Some(cols);
+                parts.push((values, rows));
+            }
+            let (weight, views) = Frozen::stack(parts, width.unwrap_or(0))?;
+            projections.extend(members.iter().copied().zip(views.into_iter().map(Weight::of)));
+            Ok(Stacked { members, weight })
+        };
+        let qkv = stack(QKV)?;
+        let gate_up = stack(GATE_UP)?;
+        for p in [Projection::O, Projection::Down] {
+            projections.push((p, Weight::new(tensors, p.part(i))?));
+        }
+        Ok(Layer {
+            attn_norm: Norm::new(tensors, Part::AttnNorm(i), eps)?,
+            projections,
+            qkv,
+            gate_up,
+            ffn_norm: Norm::new(tensors, Part::FfnNorm(i), eps)?,
+        })
+    }
+
     fn weight(&self, projection: Projection) -> &Weight {
         &self
             .projections
@@ -188,18 +246,9 @@ impl Base {
                 shape.kv_heads
             );
         }
-        let mut layers = Vec::with_capacity(shape.layers);
-        for i in 0..shape.layers {
-            let mut projections = Vec::with_capacity(7);
-            for projection in Projection::ALL {
-                projections.push((projection, Weight::new(tensors, projection.part(i))?));
-            }
-            layers.push(Layer {
-                attn_norm: Norm::new(tensors, Part::AttnNorm(i), shape.eps)?,
-                projections,
-                ffn_norm: Norm::new(tensors, Part::FfnNorm(i), shape.eps)?,
-            });
-        }
+        let layers = (0..shape.layers)
+            .map(|i| Layer::new(tensors, i, shape.eps))
+            .collect::<Result<Vec<_>>>()?;
         let output = match tensors.contains_key(&Part::Output) {
             true => Some(Weight::new(tensors, Part::Output)?),
             false => None,
@@ -280,23 +329,32 @@ impl Base {
         let mut x = Tensor::from_vec(x, (n, dim), &self.device)?;
         let positions = Arc::new(batch.positions.clone());
         let segments = Arc::new(batch.segments.clone());
-        let rope = Rope::new(self.rope.clone(), positions.clone(), head_dim);
-        let attention = Attention::new(segments.clone(), heads, kv_heads, head_dim);
+        let attention = Attention::new(
+            segments.clone(),
+            positions,
+            self.rope.clone(),
+            heads,
+            kv_heads,
+            head_dim,
+        );
         let candle_rope = match path {
             Path::Candle => Some(self.candle_rope_tables(&batch.positions)?),
             Path::Custom => None,
         };
+        // The adapter's own ops run only without dropout (it drops the adapter's input alone).
+        let fused = path == Path::Custom && !(training && adapter.config.dropout > 0.0);
+        let scale = adapter.config.scale() as f32;
         // Only the target rows' outputs are read, so the last layer's attention output projection
         // and MLP (and their backward) run on those rows alone.
         let rows: Vec<u32> = batch.targets.iter().map(|&(row, _)| row as u32).collect();
         let rows = Tensor::from_vec(rows, batch.targets.len(), &self.device)?;
         let last = self.layers.len().saturating_sub(1);
         for (i, layer) in self.layers.iter().enumerate() {
+            let pairs = adapter.layers.get(i);
             let project = |projection: Projection, input: &Tensor| -> Result<Tensor> {
                 let weight = layer.weight(projection);
-                let fused = path == Path::Custom && !(training && adapter.config.dropout > 0.0);
-                if fused && let Some(pair) = adapter.layers.get(i).and_then(|p| p.get(&projection)) {
-                    return AdaptedProduct::new(weight.frozen.clone(), adapter.config.scale() as f32).forward(
+                if fused && let Some(pair) = pairs.and_then(|p| p.get(&projection)) {
+                    return AdaptedProduct::new(weight.frozen.clone(), scale).forward(
                         input,
                         pair.a.as_tensor(),
                         pair.b.as_tensor(),
@@ -308,15 +366,41 @@ impl Base {
                     None => Ok(y),
                 }
             };
+            // A stack's projections side by side (custom path): one op when every member is
+            // adapted (or none is), their outputs concatenated otherwise.
+            let side_by_side = |stack: &Stacked, input: &Tensor| -> Result<Tensor> {
+                let members: Vec<_> = stack
+                    .members
+                    .iter()
+                    .filter_map(|p| pairs.and_then(|l| l.get(p)))
+                    .collect();
+                if members.is_empty() {
+                    return stack.weight.forward(input);
+                }
+                if fused && members.len() == stack.members.len() {
+                    let a: Vec<&Tensor> = members.iter().map(|pair| pair.a.as_tensor()).collect();
+                    let b: Vec<&Tensor> = members.iter().map(|pair| pair.b.as_tensor()).collect();
+                    let outputs = stack.members.iter().map(|&p| layer.weight(p).frozen.rows()).collect();
+                    return AdaptedProduct::stacked(stack.weight.clone(), scale, outputs)?.forward(
+                        input,
+                        &Tensor::cat(&a, 0)?,
+                        &Tensor::cat(&b, 0)?,
+                    );
+                }
+                let parts = stack
+                    .members
+                    .iter()
+                    .map(|&p| project(p, input))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&parts, 1)
+            };
             let h = layer.attn_norm.forward(&x, path)?;
-            let q = project(Projection::Q, &h)?;
-            let k = project(Projection::K, &h)?;
-            let v = project(Projection::V, &h)?;
             let a = match (path, &candle_rope) {
-                (Path::Custom, _) => attention.forward(&rope.forward(&q)?, &rope.forward(&k)?, &v)?,
+                (Path::Custom, _) => attention.forward(&side_by_side(&layer.qkv, &h)?)?,
                 (Path::Candle, Some((cos, sin))) => {
-                    let q = candle_rotate(&q, cos, sin, head_dim)?;
-                    let k = candle_rotate(&k, cos, sin, head_dim)?;
+                    let q = candle_rotate(&project(Projection::Q, &h)?, cos, sin, head_dim)?;
+                    let k = candle_rotate(&project(Projection::K, &h)?, cos, sin, head_dim)?;
+                    let v = project(Projection::V, &h)?;
                     candle_attention(&q, &k, &v, &segments, heads, kv_heads, head_dim)?
                 }
                 (Path::Candle, None) => unreachable!("candle path tables are built above"),
@@ -329,11 +413,9 @@ impl Base {
             };
             x = (x + project(Projection::O, &a)?)?;
             let h = layer.ffn_norm.forward(&x, path)?;
-            let gate = project(Projection::Gate, &h)?;
-            let up = project(Projection::Up, &h)?;
             let m = match path {
-                Path::Custom => SwiGlu::forward(&gate, &up)?,
-                Path::Candle => (gate.silu()? * up)?,
+                Path::Custom => SwiGlu::forward(&side_by_side(&layer.gate_up, &h)?)?,
+                Path::Candle => (project(Projection::Gate, &h)?.silu()? * project(Projection::Up, &h)?)?,
             };
             x = (x + project(Projection::Down, &m)?)?;
         }
