@@ -159,6 +159,23 @@ fn causal_blocks(len: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..len.div_ceil(CAUSAL_BLOCK)).map(move |b| (b * CAUSAL_BLOCK, len.min((b + 1) * CAUSAL_BLOCK)))
 }
 
+/// `out = S · R_g` for one segment: `S` a causal `len x len` matrix (probabilities or their
+/// gradient, zero above the diagonal), `R_g` head `g` of the segment's rows from `first`, `out`
+/// `len x head_dim`; each block of rows against only the rows up to its last.
+fn causal_product(s: &[f32], len: usize, r: Heads<'_>, first: usize, g: usize, out: &mut [f32]) {
+    let d = r.head_dim;
+    for (r0, r1) in causal_blocks(len) {
+        product(
+            ViewMut::rows(out, r0 * d, r1 - r0, d, d),
+            View::rows(s, r0 * len, r1 - r0, r1, len),
+            r.view(first, g, r1),
+            1.0,
+            false,
+            1,
+        );
+    }
+}
+
 /// Rotary embedding then causal self-attention over packed sequences. The input is `n` rows of
 /// `[q | k | v]` (`heads`, `kv_heads` and `kv_heads` heads of `head_dim` features: the Q, K and V
 /// projections side by side), `positions` gives each row's position inside its sequence and
@@ -365,16 +382,9 @@ impl Attention {
             }
             dr[i + 1..].fill(0.0);
         }
+        // dQ_h = dS · K_g
+        causal_product(dp, len, x.k, first, g, &mut dq);
         for (r0, r1) in causal_blocks(len) {
-            // dQ_h = dS · K_g
-            product(
-                ViewMut::rows(&mut dq, r0 * d, r1 - r0, d, d),
-                View::rows(dp, r0 * len, r1 - r0, r1, len),
-                x.k.view(first, g, r1),
-                1.0,
-                false,
-                1,
-            );
             // dK_g += dSᵀ · Q_h ; dV_g += Pᵀ · dO_h
             product(
                 ViewMut::rows(&mut dk, 0, r1, d, d),
@@ -425,16 +435,7 @@ impl CustomOp1 for Attention {
                 let p = scores.probabilities(len);
                 self.probabilities(&x, slot, p);
                 let mut o = vec![0f32; len * d];
-                for (r0, r1) in causal_blocks(len) {
-                    product(
-                        ViewMut::rows(&mut o, r0 * d, r1 - r0, d, d),
-                        View::rows(p, r0 * len, r1 - r0, r1, len),
-                        x.v.view(first, g, r1),
-                        1.0,
-                        false,
-                        1,
-                    );
-                }
+                causal_product(p, len, x.v, first, g, &mut o);
                 (slot, o)
             })
             .collect();
