@@ -546,7 +546,7 @@ fn a_long_conversation_keeps_its_last_question_drops_the_oldest_turns_and_leaves
         "sources get the room history does not take: {}",
         prompt.sources
     );
-    assert!(prompt.messages[0].content.contains("[1] Note 1"));
+    assert!(prompt.messages[0].content.contains("Source 1: Note 1"));
     let kept = prompt.messages.len() - 1; // all but the system message
     assert_eq!(
         kept + prompt.dropped_turns,

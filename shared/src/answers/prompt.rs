@@ -25,8 +25,10 @@ pub fn instruction() -> String {
     )
 }
 
-/// A source as the prompt quotes it: its number, title and URL, then its text between backtick
-/// fences longer than any backtick run inside it, so no document can close its own quote.
+/// A source as the prompt quotes it: `Source n:`, its title and URL, then its text between backtick
+/// fences longer than any backtick run inside it, so no document can close its own quote. The
+/// header is not written `[n]` like the citations the answer makes: a model fine-tuned on answers
+/// ending in `[1]` learned to copy the header line that opened the same way instead of the text.
 pub fn source_text(number: usize, hit: &SearchHit) -> String {
     let mut heading = hit.chunk.title.clone();
     if !hit.chunk.heading_path.is_empty() {
@@ -35,7 +37,10 @@ pub fn source_text(number: usize, hit: &SearchHit) -> String {
     }
     let text = hit.chunk.text.trim();
     let fence = "`".repeat(longest_backtick_run(text).max(2) + 1);
-    format!("[{number}] {heading} ({})\n{fence}\n{text}\n{fence}\n", hit.chunk.url)
+    format!(
+        "Source {number}: {heading} ({})\n{fence}\n{text}\n{fence}\n",
+        hit.chunk.url
+    )
 }
 
 fn longest_backtick_run(text: &str) -> usize {
@@ -200,7 +205,7 @@ mod tests {
         };
         let text = source_text(2, &hit);
         assert!(
-            text.starts_with("[2] Page > Prices (https://example.com/p)\n`````\nBefore"),
+            text.starts_with("Source 2: Page > Prices (https://example.com/p)\n`````\nBefore"),
             "{text}"
         );
         assert!(text.ends_with("After\n`````\n"), "{text}");

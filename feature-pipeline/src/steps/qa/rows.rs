@@ -389,7 +389,7 @@ mod tests {
         );
         assert_eq!(answered.cited, Some(2));
         assert_eq!(answered.answer, "They cost €14 [2].");
-        assert!(answered.system.contains("[2] sintra (file:///sintra)") && answered.system.contains("Sources:"));
+        assert!(answered.system.contains("Source 2: sintra (file:///sintra)") && answered.system.contains("Sources:"));
         let abstained = &rows[1];
         assert_eq!((abstained.answerable, abstained.answer.as_str()), (false, ABSTENTION));
         let without: Vec<(&str, u32)> = abstained
