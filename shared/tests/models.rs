@@ -678,3 +678,47 @@ fn a_prompt_beginning_like_the_last_one_reuses_its_whole_chunks_and_samples_the_
     let (expected_48, _, _) = stepped_messages(&fresh, &second, &params, 48);
     assert_eq!(again, expected_48);
 }
+
+#[test]
+fn replies_score_alike_on_the_packed_and_candle_paths_and_the_greedy_answer_scores_best() {
+    let messages = [ChatMessage::new(Role::User, "What is the capital of France?")];
+    let params = GenerationParams {
+        max_tokens: 48,
+        ..Default::default()
+    };
+    let (greedy, _, finish) = ask(generator(), "What is the capital of France?", &params);
+    assert_eq!(finish, FinishReason::Stop);
+    let replies = [
+        greedy.clone(),
+        "The capital of France is Berlin.".to_string(),
+        "Bananas are yellow and grow in bunches.".to_string(),
+    ];
+    let packed = generator().score_replies(&messages, &replies).unwrap();
+    println!("{greedy:?}: {packed:?}");
+    assert!(
+        packed[0].mean() > packed[1].mean() && packed[0].mean() > packed[2].mean(),
+        "the greedy answer is the likeliest: {packed:?}"
+    );
+    assert!(packed.iter().all(|s| s.log_prob < 0.0 && s.tokens > 2));
+    let f32 = Generator::load(
+        &models_dir().join(GGUF),
+        GeneratorOptions {
+            weights: WeightFormat::F32,
+        },
+    )
+    .unwrap();
+    let candle = f32.score_replies(&messages, &replies).unwrap();
+    for (p, c) in packed.iter().zip(&candle) {
+        assert_eq!(p.tokens, c.tokens);
+        assert!(
+            (p.mean() - c.mean()).abs() < 0.02,
+            "packed {p:?} and candle {c:?} agree"
+        );
+    }
+    // Scoring leaves nothing behind: the same replies score the same again, in another order.
+    let again = generator()
+        .score_replies(&messages, &[replies[2].clone(), replies[0].clone()])
+        .unwrap();
+    assert_eq!(again[0], packed[2]);
+    assert_eq!(again[1], packed[0]);
+}

@@ -69,6 +69,18 @@ impl Cache {
         }
     }
 
+    /// Forgets every position from `positions` on (a prefix stays, to be continued differently).
+    pub fn truncate(&mut self, positions: usize) {
+        if positions >= self.positions {
+            return;
+        }
+        let row = self.keys.first().map_or(0, |k| k.len() / self.positions.max(1));
+        for layer in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            layer.truncate(positions * row);
+        }
+        self.positions = positions;
+    }
+
     /// Makes this cache hold the first `positions` positions of `from`, of the same model.
     pub fn copy_prefix(&mut self, from: &Cache, positions: usize) {
         assert!(
@@ -571,9 +583,15 @@ impl Llama {
     /// pool of one thread, a decoded token runs on the caller, every step in order.
     pub fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Vec<f32>> {
         if tokens.len() == 1 && rayon::current_num_threads() == 1 {
-            return self.forward_in_pool(tokens, cache);
+            return self.forward_in_pool(tokens, cache, false);
         }
-        rayon::scope(|_| self.forward_in_pool(tokens, cache))
+        rayon::scope(|_| self.forward_in_pool(tokens, cache, false))
+    }
+
+    /// Runs `tokens` after the cache's positions, like [`Llama::forward`], and returns every
+    /// token's logits (`tokens.len() x vocabulary`, row by row): what scoring a given text needs.
+    pub fn forward_all(&self, tokens: &[u32], cache: &mut Cache) -> Result<Vec<f32>> {
+        rayon::scope(|_| self.forward_in_pool(tokens, cache, true))
     }
 
     /// Runs one token for each of several generations, each after its own cache's positions;
@@ -687,8 +705,11 @@ impl Llama {
         Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
 
-    fn forward_in_pool(&self, tokens: &[u32], cache: &mut Cache) -> Result<Vec<f32>> {
+    fn forward_in_pool(&self, tokens: &[u32], cache: &mut Cache, every_row: bool) -> Result<Vec<f32>> {
         let n = tokens.len();
+        if n == 0 {
+            return Err(GenerationError::Request("nothing to run: no tokens".into()));
+        }
         let start = cache.positions;
         if start + n > self.max_positions {
             return Err(GenerationError::Request(format!(
@@ -796,12 +817,15 @@ impl Llama {
             }
         }
         cache.positions += n;
-        let last = &x[(n - 1) * dim..n * dim];
-        let mut normed = vec![0f32; dim];
-        rms_norm(last, &self.norm, self.eps, &mut normed);
+        let first = if every_row { 0 } else { n - 1 };
+        let rows = n - first;
+        let mut normed = vec![0f32; rows * dim];
+        for (x, out) in x[first * dim..].chunks_exact(dim).zip(normed.chunks_exact_mut(dim)) {
+            rms_norm(x, &self.norm, self.eps, out);
+        }
         let output = self.output.as_ref().unwrap_or(&self.embedding);
-        let mut logits = vec![0f32; output.rows()];
-        project(&normed, 1, &mut [(output, &mut logits)]);
+        let mut logits = vec![0f32; rows * output.rows()];
+        project(&normed, rows, &mut [(output, &mut logits)]);
         Ok(logits)
     }
 }

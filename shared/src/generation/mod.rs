@@ -17,6 +17,7 @@ pub mod llama;
 pub mod prefix_cache;
 pub mod prompt_tokens;
 mod sampling;
+pub mod score;
 pub mod sequence;
 pub mod weights;
 
@@ -33,6 +34,7 @@ use tokenizers::Tokenizer;
 pub use chat_template::ChatTemplate;
 pub use prompt_tokens::PromptEncoder;
 pub use sampling::GenerationParams;
+pub use score::ReplyScore;
 pub use sequence::{PREFILL_CHUNK, Sequence, Step};
 pub use weights::WeightFormat;
 
