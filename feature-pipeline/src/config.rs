@@ -529,6 +529,11 @@ pub struct EvalAnswersArgs {
     #[arg(long, default_value_t = 160)]
     pub max_tokens: usize,
 
+    /// How answers are made (the service's ENGRAM_ANSWER_MODE): `generate` (the model writes
+    /// them) or `extract` (the sources' sentence the model finds likeliest, or the abstention).
+    #[arg(long, default_value_t = engram_shared::answers::AnswerMode::default())]
+    pub answer: engram_shared::answers::AnswerMode,
+
     /// The embedding model (must be the one the index was built with).
     #[command(flatten)]
     pub embedding: EmbeddingArgs,

@@ -85,6 +85,13 @@ pub struct Config {
           value_parser = relevance)]
     pub min_relevance: f32,
 
+    /// How answers are made from the sources by default (a request's `retrieval.answer`
+    /// overrides it): `generate`, the model writes them; `extract`, the answer is the sources'
+    /// sentence the model finds likeliest, cited, or that the notes do not say (README, "Grounded
+    /// answers").
+    #[arg(long, env = "ENGRAM_ANSWER_MODE", default_value_t = engram_shared::answers::AnswerMode::default())]
+    pub answer_mode: engram_shared::answers::AnswerMode,
+
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "ENGRAM_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     pub max_body_bytes: usize,

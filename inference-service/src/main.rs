@@ -136,6 +136,7 @@ async fn serve(config: &Config) -> Result<()> {
         served: Arc::new(RwLock::new(Arc::new(served))),
         top_k: config.top_k,
         min_relevance: config.min_relevance,
+        answer_mode: config.answer_mode,
         searches: Arc::new(tokio::sync::Semaphore::new(config.max_searches.max(1))),
         limits: http::Limits {
             max_completion_tokens: config.max_completion_tokens,

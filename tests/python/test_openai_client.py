@@ -154,6 +154,43 @@ def test_sources_carry_snippets_and_are_marked_when_cited(service):
         assert source["cited"] in (True, False)
 
 
+def corpus_text():
+    """Every sample document's text, as the extractive answers quote it: entities decoded, bold
+    markers and runs of whitespace gone."""
+    import html
+    texts = []
+    for path in (ROOT / "samples").rglob("*"):
+        if path.suffix in (".md", ".html", ".txt") and path.is_file():
+            texts.append(html.unescape(path.read_text(encoding="utf-8", errors="replace")))
+    return re.sub(r"\s+", " ", "\n".join(texts).replace("**", ""))
+
+
+def test_an_extractive_answer_quotes_a_source_sentence_and_cites_it(service):
+    base = service[0]
+    body = {"messages": [{"role": "user", "content": QUESTION}], "retrieval": {"answer": "extract"}}
+    answer = chat(base, body)
+    content = answer["choices"][0]["message"]["content"]
+    assert answer["usage"]["completion_tokens"] > 0 and answer["choices"][0]["finish_reason"] == "stop"
+    if "notes do not say" in content:
+        assert all(not s["cited"] for s in answer["sources"]), answer["sources"]
+    else:
+        quoted = re.fullmatch(r"(.+) \[(\d+)\]([.!]?)", content)
+        assert quoted, f"a sentence and one citation: {content!r}"
+        sentence, number = quoted.group(1) + quoted.group(3), int(quoted.group(2))
+        cited = [s["index"] for s in answer["sources"] if s["cited"]]
+        assert cited == [number], (cited, content)
+        assert re.sub(r"\s+", " ", sentence.rstrip(".!")) in corpus_text(), f"not a sentence of the notes: {content!r}"
+    # Streamed, the same answer arrives whole, with the sources marked at the end.
+    streamed = client(service).chat.completions.create(
+        model="engram", messages=body["messages"], stream=True, extra_body={"retrieval": {"answer": "extract"}}
+    )
+    chunks = list(streamed)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == content
+    with pytest.raises(urllib.error.HTTPError) as error:
+        chat(base, {**body, "retrieval": {"answer": "guess"}})
+    assert error.value.code == 400
+
+
 def test_unsupported_requests_get_openai_errors(service):
     with pytest.raises(openai.BadRequestError) as error:
         client(service).chat.completions.create(

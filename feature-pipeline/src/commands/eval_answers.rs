@@ -1,11 +1,12 @@
 //! `feature-pipeline eval answers`: each model answers a question set through the service's path
-//! (`engram_shared::answers`: standalone question, retrieval, abstention, prompt), greedily, and
+//! (`engram_shared::answers`: standalone question, retrieval, abstention, prompt), greedily or
+//! extractively (`--answer`, the service's ENGRAM_ANSWER_MODE), and
 //! the answers are judged (`steps/answer_eval.rs`). Retrieval runs once per question and is shared
 //! by every model. The closeness of each question's closest chunk is printed too: it is what the
 //! abstention threshold (ENGRAM_MIN_RELEVANCE) is calibrated on.
 
 use anyhow::{Context, Result};
-use engram_shared::answers::{self, abstain, citations, prompt};
+use engram_shared::answers::{self, AnswerMode, abstain, citations, extract, prompt};
 use engram_shared::config::StorageConfig;
 use engram_shared::generation::{ChatMessage, Flow, GenerationParams, Generator, GeneratorOptions, Role};
 use engram_shared::storage::Storage;
@@ -25,6 +26,11 @@ use crate::steps::answer_eval::{
 #[derive(Debug, Clone, serde::Serialize)]
 struct Answered {
     answer: String,
+    /// In extract mode, how much the question raised the chosen reply's log-probability per token
+    /// (`extract::Extracted::score`).
+    score: Option<f32>,
+    /// In extract mode, the same for the abstention.
+    abstention_score: Option<f32>,
     sources: Vec<GivenSource>,
     judged: Judged,
 }
@@ -91,6 +97,7 @@ pub async fn run(config: &StorageConfig, args: &EvalAnswersArgs) -> Result<()> {
                 "answers_abstention": metrics.abstention,
                 "answers_false_abstention": metrics.false_abstention,
                 "answers_min_relevance": args.min_relevance,
+                "answers_mode": args.answer.to_string(),
             });
             storage.registry.add_model_metrics(version, &stored).await?;
         }
@@ -101,6 +108,7 @@ pub async fn run(config: &StorageConfig, args: &EvalAnswersArgs) -> Result<()> {
         let report = json!({
             "index_version": version,
             "min_relevance": args.min_relevance,
+            "answer": args.answer.to_string(),
             "models": results.iter().map(|(label, metrics, answered)| json!({
                 "model": label,
                 "metrics": metrics,
@@ -110,6 +118,8 @@ pub async fn run(config: &StorageConfig, args: &EvalAnswersArgs) -> Result<()> {
                     "facts": q.facts,
                     "closest": found.closest,
                     "answer": a.answer,
+                    "score": a.score,
+                    "abstention_score": a.abstention_score,
                     "sources": a.sources,
                     "judged": a.judged,
                 })).collect::<Vec<_>>(),
@@ -126,7 +136,7 @@ pub async fn run(config: &StorageConfig, args: &EvalAnswersArgs) -> Result<()> {
     Ok(())
 }
 
-/// One answer as the service would give it, greedily.
+/// One answer as the service would give it: generated greedily, or extracted.
 fn answer(
     generator: &Generator,
     question: &AnswerQuestion,
@@ -152,24 +162,37 @@ fn answer(
         return Ok(Answered {
             judged: judge(question, abstain::ABSTENTION, &sources, true),
             answer: abstain::ABSTENTION.to_string(),
+            score: None,
+            abstention_score: None,
             sources,
         });
     }
     let conversation = [ChatMessage::new(Role::User, question.question.clone())];
     let fitted = prompt::fit(generator, &conversation, &found.hits, args.max_tokens, usize::MAX)?;
-    let params = GenerationParams {
-        max_tokens: args.max_tokens,
-        temperature: 0.0,
-        repetition_penalty: 1.1, // as the service
-        ..GenerationParams::default()
+    let (text, score, abstention_score) = match args.answer {
+        AnswerMode::Generate => {
+            let params = GenerationParams {
+                max_tokens: args.max_tokens,
+                temperature: 0.0,
+                repetition_penalty: 1.1, // as the service
+                ..GenerationParams::default()
+            };
+            let completion = generator.generate(&fitted.messages, &params, |_| Flow::Continue)?;
+            (completion.text.trim().to_string(), None, None)
+        }
+        AnswerMode::Extract => {
+            let candidates = extract::candidates(&found.hits, fitted.sources);
+            let chosen = extract::choose(generator, &fitted.messages, &candidates)?;
+            (chosen.text, Some(chosen.score), Some(chosen.abstention_score))
+        }
     };
-    let completion = generator.generate(&fitted.messages, &params, |_| Flow::Continue)?;
-    let text = completion.text.trim().to_string();
     let sources = given(fitted.sources, &text);
     let abstained = abstain::is_abstention(&text);
     Ok(Answered {
         judged: judge(question, &text, &sources, abstained),
         answer: text,
+        score,
+        abstention_score,
         sources,
     })
 }

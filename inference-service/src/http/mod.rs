@@ -40,6 +40,8 @@ pub struct AppState {
     pub top_k: usize,
     /// Default closeness below which the service abstains.
     pub min_relevance: f32,
+    /// How answers are made by default.
+    pub answer_mode: engram_shared::answers::AnswerMode,
     /// Places for `/v1/search` requests running at once.
     pub searches: Arc<tokio::sync::Semaphore>,
     /// Per-request limits.

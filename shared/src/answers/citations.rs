@@ -6,6 +6,16 @@
 
 use std::collections::BTreeSet;
 
+/// `answer` citing source `number`: the marker before its closing punctuation, as the `qa`
+/// training rows and extractive answers write it.
+pub fn cite(answer: &str, number: usize) -> String {
+    let answer = answer.trim();
+    match answer.strip_suffix(['.', '!']) {
+        Some(body) => format!("{} [{number}]{}", body.trim_end(), &answer[body.len()..]),
+        None => format!("{answer} [{number}]"),
+    }
+}
+
 /// The source numbers (1-based, at most `sources`) that `answer` cites.
 pub fn cited(answer: &str, sources: usize) -> BTreeSet<usize> {
     let mut numbers = BTreeSet::new();

@@ -13,8 +13,10 @@
 
 pub mod abstain;
 pub mod citations;
+pub mod extract;
 pub mod followup;
 pub mod prompt;
+pub mod sentences;
 
 use std::sync::Arc;
 use tracing::Instrument;
@@ -22,6 +24,39 @@ use tracing::Instrument;
 use crate::embedding::{Embedder, EmbeddingError};
 use crate::vectors::hybrid::{self, Fusion, HybridQuery, Scored};
 use crate::vectors::{ChunkFilter, VectorIndex};
+
+/// How the reply is made from the prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerMode {
+    /// The model writes the reply, token by token.
+    #[default]
+    Generate,
+    /// The reply is the sources' sentence the model finds likeliest, or the abstention
+    /// ([`extract`]).
+    Extract,
+}
+
+impl std::str::FromStr for AnswerMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "generate" => Ok(AnswerMode::Generate),
+            "extract" => Ok(AnswerMode::Extract),
+            other => Err(format!("answer mode {other:?} is not one of generate, extract")),
+        }
+    }
+}
+
+impl std::fmt::Display for AnswerMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AnswerMode::Generate => "generate",
+            AnswerMode::Extract => "extract",
+        })
+    }
+}
 
 /// Why retrieval failed.
 #[derive(Debug, thiserror::Error)]

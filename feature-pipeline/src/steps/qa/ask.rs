@@ -15,6 +15,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use engram_shared::answers::sentences::sentences;
 use engram_shared::documents::{DocumentFilter, DocumentStore};
 use engram_shared::generation::{ChatMessage, Role};
 use engram_shared::vectors::Chunk;
@@ -80,62 +81,15 @@ pub fn parse(reply: &str) -> Option<String> {
     (!question.is_empty()).then_some(question)
 }
 
-/// The fact sentences of a chunk's text, in order: its lines outside code blocks and tables, less
-/// list markers, headings and emphasis, cut into sentences; those holding a fact and at most
-/// `max_chars` long.
+/// The fact sentences of a chunk's text, in order: its sentences as the service's extractive
+/// answers cut them ([`sentences`]) that hold a fact and are at most `max_chars` long.
 pub fn fact_sentences(text: &str, max_chars: usize) -> Vec<String> {
-    let mut sentences = Vec::new();
-    let mut in_code = false;
-    for line in text.lines() {
-        let line = line.trim();
-        if line.starts_with("```") {
-            in_code = !in_code;
-            continue;
-        }
-        // Tables, headings and lines of links (a markdown link's text is no fact) are left out.
-        if in_code || line.starts_with('|') || line.starts_with('#') || line.is_empty() || line.contains("](") {
-            continue;
-        }
-        let line = line
-            .trim_start_matches(|c: char| matches!(c, '-' | '*' | '+' | '>') || c.is_whitespace())
-            .replace("**", "");
-        let line = strip_numbering(&line);
-        for sentence in split_sentences(line) {
-            let chars = sentence.chars().count();
-            if (MIN_SENTENCE_CHARS..=max_chars).contains(&chars) && facts::count(&sentence) > 0 {
-                sentences.push(sentence);
-            }
-        }
-    }
-    sentences
-}
-
-fn strip_numbering(line: &str) -> &str {
-    let digits = line.chars().take_while(char::is_ascii_digit).count();
-    match line[digits..].strip_prefix(". ") {
-        Some(rest) if digits > 0 && digits <= 2 => rest,
-        _ => line,
-    }
-}
-
-/// Sentences of one line: cut after `.`, `!` or `?` followed by a space and a letter or digit.
-fn split_sentences(line: &str) -> Vec<String> {
-    let chars: Vec<(usize, char)> = line.char_indices().collect();
-    let mut out = Vec::new();
-    let mut start = 0;
-    for w in 0..chars.len() {
-        let (at, c) = chars[w];
-        let next_word = chars.get(w + 2).is_some_and(|(_, n)| n.is_alphanumeric());
-        if matches!(c, '.' | '!' | '?') && chars.get(w + 1).is_some_and(|(_, s)| *s == ' ') && next_word {
-            out.push(line[start..=at].trim().to_string());
-            start = at + 1;
-        }
-    }
-    let rest = line[start..].trim();
-    if !rest.is_empty() {
-        out.push(rest.to_string());
-    }
-    out
+    sentences(text)
+        .into_iter()
+        .filter(|sentence| {
+            (MIN_SENTENCE_CHARS..=max_chars).contains(&sentence.chars().count()) && facts::count(sentence) > 0
+        })
+        .collect()
 }
 
 /// The chunks of one document worth asking about, best first, each with its fact sentence.

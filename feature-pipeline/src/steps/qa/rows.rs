@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use engram_shared::answers::abstain::ABSTENTION;
+use engram_shared::answers::citations::cite;
 use engram_shared::answers::prompt::{source_text, system_message};
 use engram_shared::embedding::Embedder;
 use engram_shared::vectors::{Chunk, SearchHit};
@@ -115,15 +116,6 @@ fn pick_unanswerable(settings: &QaSettings, pair: &Pair) -> bool {
     );
     let draw = derived_seed(&key) as f64 / (1u64 << 60) as f64;
     draw < settings.unanswerable
-}
-
-/// `answer` citing source `number`: the marker before its closing punctuation.
-pub fn cite(answer: &str, number: usize) -> String {
-    let answer = answer.trim();
-    match answer.strip_suffix(['.', '!']) {
-        Some(body) => format!("{} [{number}]{}", body.trim_end(), &answer[body.len()..]),
-        None => format!("{answer} [{number}]"),
-    }
 }
 
 /// The numbers and words of a chunk's title and text, read once per chunk: every question of the

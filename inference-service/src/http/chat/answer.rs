@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::Json;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use engram_shared::answers::abstain;
+use engram_shared::answers::{abstain, extract};
 use engram_shared::generation::{self, Completion, FinishReason, Timings};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -45,6 +45,38 @@ pub(super) fn abstention(events: &mpsc::UnboundedSender<Event>) {
         },
         finish_reason: FinishReason::Stop,
         timings: Timings::default(),
+    }));
+}
+
+/// The extractive answer ([`extract::choose`]), sent as the same events a generation sends.
+pub(super) fn extracted(
+    generator: &generation::Generator,
+    messages: &[generation::ChatMessage],
+    candidates: &[extract::Candidate],
+    events: &mpsc::UnboundedSender<Event>,
+) {
+    let started = Instant::now();
+    let chosen = match extract::choose(generator, messages, candidates) {
+        Ok(chosen) => chosen,
+        Err(err) => {
+            let _ = events.send(Event::Failed(err.to_string()));
+            return;
+        }
+    };
+    tracing::info!(score = chosen.score, source = ?chosen.source, "extracted");
+    let usage = generation::Usage {
+        prompt_tokens: generator.prompt_tokens(messages).map_or(0, |t| t.len()),
+        completion_tokens: generator.encode(&chosen.text).map_or(0, |t| t.len()),
+    };
+    let _ = events.send(Event::Text(chosen.text.clone()));
+    let _ = events.send(Event::Done(Completion {
+        text: chosen.text,
+        usage,
+        finish_reason: FinishReason::Stop,
+        timings: Timings {
+            prompt: started.elapsed(),
+            decode: Duration::ZERO,
+        },
     }));
 }
 

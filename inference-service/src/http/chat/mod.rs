@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use engram_shared::answers::{self, abstain, followup, prompt};
+use engram_shared::answers::{self, AnswerMode, abstain, extract, followup, prompt};
 use engram_shared::vectors::ChunkFilter;
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -32,7 +32,7 @@ use super::error::{ApiError, ErrorResponse};
 use super::json::ApiJson;
 use crate::engine::{Job, Refused};
 use crate::{rag, telemetry};
-use answer::{Answer, Header, Watch, abstention, now};
+use answer::{Answer, Header, Watch, abstention, extracted, now};
 use validate::validate;
 
 /// Answers a chat completion, retrieval-augmented unless `retrieval.enabled` is false.
@@ -155,18 +155,34 @@ pub async fn completions(
                     "earlier turns left out for lack of room"
                 );
             }
-            state
-                .engine
-                .submit(Job {
-                    admission,
-                    model: model.id.clone(),
-                    generator: model.generator.clone(),
-                    messages: fitted.messages,
-                    params,
-                    events: events_tx,
-                    span: tracing::Span::current(),
-                })
-                .map_err(refused)?;
+            let mode = retrieval
+                .and_then(|r| r.answer)
+                .map_or(state.answer_mode, AnswerMode::from);
+            if mode == AnswerMode::Extract && fitted.sources > 0 {
+                let candidates = extract::candidates(&hits, fitted.sources);
+                let generator = model.generator.clone();
+                let span = tracing::info_span!("extract", candidates = candidates.len());
+                let messages = fitted.messages;
+                // Scored on a blocking thread, the engine's place held until the answer is known.
+                tokio::task::spawn_blocking(move || {
+                    let _admission = admission;
+                    let _entered = span.enter();
+                    extracted(&generator, &messages, &candidates, &events_tx);
+                });
+            } else {
+                state
+                    .engine
+                    .submit(Job {
+                        admission,
+                        model: model.id.clone(),
+                        generator: model.generator.clone(),
+                        messages: fitted.messages,
+                        params,
+                        events: events_tx,
+                        span: tracing::Span::current(),
+                    })
+                    .map_err(refused)?;
+            }
             rag::source_refs(&hits, fitted.sources)
         };
         let answer = Answer {

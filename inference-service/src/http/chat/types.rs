@@ -132,6 +132,30 @@ pub struct Retrieval {
     /// ENGRAM_MIN_RELEVANCE).
     #[schema(minimum = -1.0, maximum = 1.0)]
     pub min_relevance: Option<f32>,
+    /// How the answer is made from the sources (default ENGRAM_ANSWER_MODE): `generate`, the model
+    /// writes it; `extract`, it is the sources' sentence the model finds likeliest, cited, or that
+    /// the notes do not say.
+    pub answer: Option<AnswerModeName>,
+}
+
+/// How an answer is made from the sources.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerModeName {
+    /// The model writes the answer.
+    Generate,
+    /// The answer is the sources' sentence the model finds likeliest, cited, or that the notes do
+    /// not say.
+    Extract,
+}
+
+impl From<AnswerModeName> for engram_shared::answers::AnswerMode {
+    fn from(mode: AnswerModeName) -> Self {
+        match mode {
+            AnswerModeName::Generate => Self::Generate,
+            AnswerModeName::Extract => Self::Extract,
+        }
+    }
 }
 
 /// Streaming options.

@@ -1,0 +1,77 @@
+//! A source's sentences: the units an answer is made of when it is taken from the notes.
+//!
+//! The `qa` training task's answers are sentences of a chunk as cut here, and extractive answering
+//! ([`super::extract`]) chooses among the sentences of the retrieved chunks cut the same way, so the
+//! model is asked to pick among replies of the form it was taught.
+
+/// The sentences of a chunk's text, in order: its lines outside code blocks and tables, less list
+/// markers, headings, emphasis and lines of links (a link's text states no fact), cut after `.`,
+/// `!` or `?` followed by a space and a word.
+pub fn sentences(text: &str) -> Vec<String> {
+    let mut sentences = Vec::new();
+    let mut in_code = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        if in_code || line.starts_with('|') || line.starts_with('#') || line.is_empty() || line.contains("](") {
+            continue;
+        }
+        let line = line
+            .trim_start_matches(|c: char| matches!(c, '-' | '*' | '+' | '>') || c.is_whitespace())
+            .replace("**", "");
+        sentences.extend(split_sentences(strip_numbering(&line)));
+    }
+    sentences
+}
+
+fn strip_numbering(line: &str) -> &str {
+    let digits = line.chars().take_while(char::is_ascii_digit).count();
+    match line[digits..].strip_prefix(". ") {
+        Some(rest) if digits > 0 && digits <= 2 => rest,
+        _ => line,
+    }
+}
+
+/// Sentences of one line: cut after `.`, `!` or `?` followed by a space and a letter or digit.
+fn split_sentences(line: &str) -> Vec<String> {
+    let chars: Vec<(usize, char)> = line.char_indices().collect();
+    let mut out = Vec::new();
+    let mut start = 0;
+    for w in 0..chars.len() {
+        let (at, c) = chars[w];
+        let next_word = chars.get(w + 2).is_some_and(|(_, n)| n.is_alphanumeric());
+        if matches!(c, '.' | '!' | '?') && chars.get(w + 1).is_some_and(|(_, s)| *s == ' ') && next_word {
+            out.push(line[start..=at].trim().to_string());
+            start = at + 1;
+        }
+    }
+    let rest = line[start..].trim();
+    if !rest.is_empty() {
+        out.push(rest.to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentences_leave_out_code_tables_headings_and_links() {
+        let text = "# Prices\n- Stem steerer bolts: 5 Nm\nWe went early. Pena at 09:30 was empty.\n\
+                    | a | 1 |\n```\nlet x = 42;\n```\n2. Simmer the lentils.\n[a](https://x.test)";
+        assert_eq!(
+            sentences(text),
+            [
+                "Stem steerer bolts: 5 Nm",
+                "We went early.",
+                "Pena at 09:30 was empty.",
+                "Simmer the lentils."
+            ]
+        );
+        assert_eq!(sentences("v1.2 is out. 3.5 kg"), ["v1.2 is out.", "3.5 kg"]);
+    }
+}
