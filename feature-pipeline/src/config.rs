@@ -534,6 +534,11 @@ pub struct EvalAnswersArgs {
     #[arg(long, default_value_t = engram_shared::answers::AnswerMode::default())]
     pub answer: engram_shared::answers::AnswerMode,
 
+    /// How `extract` ranks the sentences: `pmi` (how much the question raises each one, as the
+    /// service does) or `likelihood` (how likely each is after the prompt, to measure against).
+    #[arg(long, default_value_t = engram_shared::answers::extract::Scoring::default())]
+    pub extract_scoring: engram_shared::answers::extract::Scoring,
+
     /// The embedding model (must be the one the index was built with).
     #[command(flatten)]
     pub embedding: EmbeddingArgs,

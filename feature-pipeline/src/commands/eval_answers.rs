@@ -97,7 +97,10 @@ pub async fn run(config: &StorageConfig, args: &EvalAnswersArgs) -> Result<()> {
                 "answers_abstention": metrics.abstention,
                 "answers_false_abstention": metrics.false_abstention,
                 "answers_min_relevance": args.min_relevance,
-                "answers_mode": args.answer.to_string(),
+                "answers_mode": match args.answer {
+                    AnswerMode::Generate => args.answer.to_string(),
+                    AnswerMode::Extract => format!("extract ({})", args.extract_scoring),
+                },
             });
             storage.registry.add_model_metrics(version, &stored).await?;
         }
@@ -109,6 +112,7 @@ pub async fn run(config: &StorageConfig, args: &EvalAnswersArgs) -> Result<()> {
             "index_version": version,
             "min_relevance": args.min_relevance,
             "answer": args.answer.to_string(),
+            "extract_scoring": args.extract_scoring.to_string(),
             "models": results.iter().map(|(label, metrics, answered)| json!({
                 "model": label,
                 "metrics": metrics,
@@ -182,7 +186,7 @@ fn answer(
         }
         AnswerMode::Extract => {
             let candidates = extract::candidates(&found.hits, fitted.sources);
-            let chosen = extract::choose(generator, &fitted.messages, &candidates)?;
+            let chosen = extract::choose(generator, &fitted.messages, &candidates, args.extract_scoring)?;
             (chosen.text, Some(chosen.score), Some(chosen.abstention_score))
         }
     };

@@ -26,6 +26,39 @@ pub const MAX_SENTENCE_CHARS: usize = 300;
 /// a few dozen tokens run after the prompt).
 pub const MAX_CANDIDATES: usize = 64;
 
+/// How the replies are ranked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scoring {
+    /// How much the question raises each reply's log-probability per token (pointwise mutual
+    /// information): what the service does.
+    #[default]
+    Pmi,
+    /// Each reply's log-probability per token under the prompt alone. Kept to measure against
+    /// (`eval answers --extract-scoring likelihood`): it favours what is easy to copy.
+    Likelihood,
+}
+
+impl std::str::FromStr for Scoring {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "pmi" => Ok(Scoring::Pmi),
+            "likelihood" => Ok(Scoring::Likelihood),
+            other => Err(format!("extract scoring {other:?} is not one of pmi, likelihood")),
+        }
+    }
+}
+
+impl std::fmt::Display for Scoring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Scoring::Pmi => "pmi",
+            Scoring::Likelihood => "likelihood",
+        })
+    }
+}
+
 /// A reply the model may choose.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
@@ -42,9 +75,10 @@ pub struct Extracted {
     pub text: String,
     /// The source it quotes (1-based); `None` when the model abstained.
     pub source: Option<usize>,
-    /// How much the question raised its log-probability, per token.
+    /// Its score: how much the question raised its log-probability, per token (or that
+    /// log-probability, under [`Scoring::Likelihood`]).
     pub score: f32,
-    /// How much the question raised the abstention's, per token (it is always a candidate).
+    /// The abstention's score (it is always a candidate).
     pub abstention_score: f32,
     /// How many replies were scored.
     pub candidates: usize,
@@ -82,21 +116,24 @@ pub fn candidates(hits: &[SearchHit], sources: usize) -> Vec<Candidate> {
 /// prompt with the question left empty to the prompt with it (pointwise mutual information
 /// between the question and the reply, given the sources). Likelihood alone favours what is
 /// easy to copy: long sentences, lists, whatever the sources open with, whatever the question;
-/// the rise is what the question does. The first of equals wins.
+/// the rise is what the question does ([`Scoring::Pmi`]). The first of equals wins.
 pub fn choose(
     generator: &Generator,
     messages: &[ChatMessage],
     candidates: &[Candidate],
+    scoring: Scoring,
 ) -> Result<Extracted, GenerationError> {
     let replies: Vec<String> = candidates.iter().map(|c| c.reply.clone()).collect();
     let mut scores = generator.score_replies(messages, &replies)?;
-    let mut unasked = messages.to_vec();
-    if let Some(last) = unasked.iter_mut().rev().find(|m| m.role == Role::User) {
-        last.content.clear();
-    }
-    let prior = generator.score_replies(&unasked, &replies)?;
-    for (score, prior) in scores.iter_mut().zip(&prior) {
-        score.log_prob -= prior.log_prob;
+    if scoring == Scoring::Pmi {
+        let mut unasked = messages.to_vec();
+        if let Some(last) = unasked.iter_mut().rev().find(|m| m.role == Role::User) {
+            last.content.clear();
+        }
+        let prior = generator.score_replies(&unasked, &replies)?;
+        for (score, prior) in scores.iter_mut().zip(&prior) {
+            score.log_prob -= prior.log_prob;
+        }
     }
     let best = best(&scores).ok_or_else(|| GenerationError::Request("no reply to choose from".into()))?;
     let abstention_score = candidates
@@ -167,6 +204,14 @@ mod tests {
         );
         let long: String = (0..200).map(|i| format!("Fact number {i} is here. ")).collect();
         assert_eq!(candidates(&[hit(&long)], 1).len(), MAX_CANDIDATES + 1);
+    }
+
+    #[test]
+    fn scoring_names_round_trip_and_an_unknown_one_is_refused() {
+        for scoring in [Scoring::Pmi, Scoring::Likelihood] {
+            assert_eq!(scoring.to_string().parse::<Scoring>(), Ok(scoring));
+        }
+        assert!("mean".parse::<Scoring>().is_err_and(|e| e.contains("pmi, likelihood")));
     }
 
     #[test]
