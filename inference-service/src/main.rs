@@ -138,6 +138,7 @@ async fn serve(config: &Config) -> Result<()> {
         min_relevance: config.min_relevance,
         answer_mode: config.answer_mode,
         searches: Arc::new(tokio::sync::Semaphore::new(config.max_searches.max(1))),
+        extractions: Arc::new(tokio::sync::Semaphore::new(1)),
         limits: http::Limits {
             max_completion_tokens: config.max_completion_tokens,
             max_prompt_tokens: config.max_prompt_tokens,

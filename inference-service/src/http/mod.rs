@@ -44,6 +44,10 @@ pub struct AppState {
     pub answer_mode: engram_shared::answers::AnswerMode,
     /// Places for `/v1/search` requests running at once.
     pub searches: Arc<tokio::sync::Semaphore>,
+    /// The one place for an extractive answer being scored: each already runs on every core and
+    /// holds a prompt's cache, so more at once would only share the cores and multiply the memory;
+    /// the others wait in turn, admitted (the engine's places bound how many).
+    pub extractions: Arc<tokio::sync::Semaphore>,
     /// Per-request limits.
     pub limits: Limits,
     /// Prometheus metrics.

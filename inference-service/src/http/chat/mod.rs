@@ -163,11 +163,24 @@ pub async fn completions(
                 let generator = model.generator.clone();
                 let span = tracing::info_span!("extract", candidates = candidates.len());
                 let messages = fitted.messages;
-                // Scored on a blocking thread, the engine's place held until the answer is known.
-                tokio::task::spawn_blocking(move || {
-                    let _admission = admission;
-                    let _entered = span.enter();
-                    extracted(&generator, &messages, &candidates, &events_tx);
+                let extractions = state.extractions.clone();
+                // Scored on a blocking thread, the engine's place held until the answer is known;
+                // one extraction at a time (`AppState::extractions`), the others waiting admitted.
+                tokio::spawn(async move {
+                    let Ok(_turn) = extractions.acquire_owned().await else {
+                        return;
+                    };
+                    let scored = tokio::task::spawn_blocking(move || {
+                        let _admission = admission;
+                        let _entered = span.enter();
+                        if events_tx.is_closed() {
+                            return; // the client left (or timed out) while it waited its turn
+                        }
+                        extracted(&generator, &messages, &candidates, &events_tx);
+                    });
+                    if let Err(err) = scored.await {
+                        tracing::error!(error = %err, "an extraction panicked");
+                    }
                 });
             } else {
                 state
