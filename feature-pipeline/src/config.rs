@@ -530,12 +530,13 @@ pub struct EvalAnswersArgs {
     pub max_tokens: usize,
 
     /// How answers are made (the service's ENGRAM_ANSWER_MODE): `generate` (the model writes
-    /// them) or `extract` (the sources' sentence the model finds likeliest, or the abstention).
+    /// them) or `extract` (the sources' sentence the model judges to answer it, or the abstention).
     #[arg(long, default_value_t = engram_shared::answers::AnswerMode::default())]
     pub answer: engram_shared::answers::AnswerMode,
 
-    /// How `extract` ranks the sentences: `pmi` (how much the question raises each one, as the
-    /// service does) or `likelihood` (how likely each is after the prompt, to measure against).
+    /// How `extract` ranks the sentences: `channel` (how likely the question is as the one each
+    /// answers, as the service does), or to measure against: `pmi` (how much the question raises
+    /// each one), `likelihood` (how likely each is after the prompt).
     #[arg(long, default_value_t = engram_shared::answers::extract::Scoring::default())]
     pub extract_scoring: engram_shared::answers::extract::Scoring,
 

@@ -1,12 +1,12 @@
-//! Extractive answers: the reply is the sentence of the sources that the question makes the model
-//! find likeliest, cited, or the abstention when the question makes that likelier.
+//! Extractive answers: the reply is the sentence of the sources the question is likeliest to be
+//! asked of, cited.
 //!
 //! A 135M model generating freely starts on a line and copies it, and its first tokens decide
 //! which: it quotes the wrong price, or a source's header. Scored whole instead
-//! ([`Generator::score_replies`]), every sentence of the sources is a candidate, and the one the
-//! question raises most (against the same prompt with the question left empty) is the answer: on
-//! `samples/answers.tsv` that answers correctly far more often than generating (README, "Grounded
-//! answers"). Every reply is then a sentence a note states, word for word, with the source it is
+//! ([`Generator::score_replies`]), every sentence of the sources is a candidate, and the one under
+//! which the model finds the user's question likeliest (as the question the sentence answers) is
+//! the answer: on `samples/answers.tsv` that answers correctly more than twice as often as
+//! generating (README, "Conversations and grounded answers"). Every reply is then a sentence a note states, word for word, with the source it is
 //! from: nothing invented, and the citation is right about where the words are. The `qa` training
 //! task's answers are such sentences, cited the same way, or the abstention. What it cannot do is
 //! combine two sentences or rephrase: `generate` answers do that.
@@ -26,16 +26,22 @@ pub const MAX_SENTENCE_CHARS: usize = 300;
 /// a few dozen tokens run after the prompt).
 pub const MAX_CANDIDATES: usize = 64;
 
-/// How the replies are ranked.
+/// How the replies are ranked. The service uses the default, [`Scoring::Channel`]; the others
+/// are kept to measure against (`eval answers --extract-scoring`, README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Scoring {
     /// How much the question raises each reply's log-probability per token (pointwise mutual
-    /// information): what the service does.
-    #[default]
+    /// information, against the same prompt with the question left empty).
     Pmi,
-    /// Each reply's log-probability per token under the prompt alone. Kept to measure against
-    /// (`eval answers --extract-scoring likelihood`): it favours what is easy to copy.
+    /// Each reply's log-probability per token under the prompt alone: it favours what is easy
+    /// to copy (long sentences, lists, whatever the sources open with).
     Likelihood,
+    /// The other way round (a noisy channel): the question's log-probability as the one each
+    /// sentence answers, the sentence alone in the prompt. Nothing to normalise (the question is
+    /// the same for every sentence) and no source's neighbours to copy from. The abstention has
+    /// no sentence and is never chosen: abstaining is left to the relevance threshold.
+    #[default]
+    Channel,
 }
 
 impl std::str::FromStr for Scoring {
@@ -45,7 +51,10 @@ impl std::str::FromStr for Scoring {
         match text {
             "pmi" => Ok(Scoring::Pmi),
             "likelihood" => Ok(Scoring::Likelihood),
-            other => Err(format!("extract scoring {other:?} is not one of pmi, likelihood")),
+            "channel" => Ok(Scoring::Channel),
+            other => Err(format!(
+                "extract scoring {other:?} is not one of pmi, likelihood, channel"
+            )),
         }
     }
 }
@@ -55,6 +64,7 @@ impl std::fmt::Display for Scoring {
         f.write_str(match self {
             Scoring::Pmi => "pmi",
             Scoring::Likelihood => "likelihood",
+            Scoring::Channel => "channel",
         })
     }
 }
@@ -66,6 +76,8 @@ pub struct Candidate {
     pub reply: String,
     /// The source it is from (1-based), `None` for the abstention.
     pub source: Option<usize>,
+    /// The sentence alone (empty for the abstention).
+    pub sentence: String,
 }
 
 /// The chosen reply.
@@ -75,10 +87,9 @@ pub struct Extracted {
     pub text: String,
     /// The source it quotes (1-based); `None` when the model abstained.
     pub source: Option<usize>,
-    /// Its score: how much the question raised its log-probability, per token (or that
-    /// log-probability, under [`Scoring::Likelihood`]).
+    /// Its score under the [`Scoring`] used (higher is better).
     pub score: f32,
-    /// The abstention's score (it is always a candidate).
+    /// The abstention's score (NaN under [`Scoring::Channel`], which never chooses it).
     pub abstention_score: f32,
     /// How many replies were scored.
     pub candidates: usize,
@@ -100,6 +111,7 @@ pub fn candidates(hits: &[SearchHit], sources: usize) -> Vec<Candidate> {
                 out.push(Candidate {
                     reply: cite(&sentence, i + 1),
                     source: Some(i + 1),
+                    sentence,
                 });
             }
         }
@@ -107,22 +119,22 @@ pub fn candidates(hits: &[SearchHit], sources: usize) -> Vec<Candidate> {
     out.push(Candidate {
         reply: ABSTENTION.to_string(),
         source: None,
+        sentence: String::new(),
     });
     out
 }
 
-/// Of `candidates`, the reply to `messages` (the prompt [`super::prompt::fit`] built) that the
-/// question makes likeliest: the one whose log-probability per token rises most from the same
-/// prompt with the question left empty to the prompt with it (pointwise mutual information
-/// between the question and the reply, given the sources). Likelihood alone favours what is
-/// easy to copy: long sentences, lists, whatever the sources open with, whatever the question;
-/// the rise is what the question does ([`Scoring::Pmi`]). The first of equals wins.
+/// Of `candidates`, the best reply to `messages` (the prompt [`super::prompt::fit`] built) by
+/// `scoring` (see [`Scoring`]). The first of equals wins.
 pub fn choose(
     generator: &Generator,
     messages: &[ChatMessage],
     candidates: &[Candidate],
     scoring: Scoring,
 ) -> Result<Extracted, GenerationError> {
+    if scoring == Scoring::Channel {
+        return choose_by_channel(generator, messages, candidates);
+    }
     let replies: Vec<String> = candidates.iter().map(|c| c.reply.clone()).collect();
     let mut scores = generator.score_replies(messages, &replies)?;
     if scoring == Scoring::Pmi {
@@ -146,6 +158,52 @@ pub fn choose(
         source: candidates[best].source,
         score: scores[best].mean(),
         abstention_score,
+        candidates: candidates.len(),
+    })
+}
+
+/// [`Scoring::Channel`]: each sentence ranked by the question's log-probability as the question
+/// it answers.
+fn choose_by_channel(
+    generator: &Generator,
+    messages: &[ChatMessage],
+    candidates: &[Candidate],
+) -> Result<Extracted, GenerationError> {
+    let question = messages
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::User)
+        .map(|m| m.content.clone())
+        .unwrap_or_default();
+    let mut scores = Vec::with_capacity(candidates.len());
+    for candidate in candidates {
+        if candidate.source.is_none() {
+            scores.push(ReplyScore {
+                log_prob: f32::NAN,
+                tokens: 1,
+            });
+            continue;
+        }
+        let asked = [ChatMessage::new(
+            Role::User,
+            format!("{}\n\nWrite the question this sentence answers.", candidate.sentence),
+        )];
+        let scored = generator.score_replies(&asked, std::slice::from_ref(&question))?;
+        // The same question for every sentence: its whole log-probability ranks them.
+        scores.push(ReplyScore {
+            log_prob: scored.first().map_or(f32::NAN, |s| s.log_prob),
+            tokens: 1,
+        });
+    }
+    // No sentence among the sources: the abstention (the last candidate).
+    let best = best(&scores)
+        .or(candidates.len().checked_sub(1))
+        .ok_or_else(|| GenerationError::Request("no reply to choose from".into()))?;
+    Ok(Extracted {
+        text: candidates[best].reply.clone(),
+        source: candidates[best].source,
+        score: scores[best].mean(),
+        abstention_score: f32::NAN,
         candidates: candidates.len(),
     })
 }
@@ -208,10 +266,14 @@ mod tests {
 
     #[test]
     fn scoring_names_round_trip_and_an_unknown_one_is_refused() {
-        for scoring in [Scoring::Pmi, Scoring::Likelihood] {
+        for scoring in [Scoring::Pmi, Scoring::Likelihood, Scoring::Channel] {
             assert_eq!(scoring.to_string().parse::<Scoring>(), Ok(scoring));
         }
-        assert!("mean".parse::<Scoring>().is_err_and(|e| e.contains("pmi, likelihood")));
+        assert!(
+            "mean"
+                .parse::<Scoring>()
+                .is_err_and(|e| e.contains("pmi, likelihood, channel"))
+        );
     }
 
     #[test]

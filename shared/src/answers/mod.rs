@@ -32,7 +32,7 @@ pub enum AnswerMode {
     /// The model writes the reply, token by token.
     #[default]
     Generate,
-    /// The reply is the sources' sentence the model finds likeliest, or the abstention
+    /// The reply is the sources' sentence the model judges to answer it, or the abstention
     /// ([`extract`]).
     Extract,
 }

@@ -56,7 +56,7 @@ pub(super) fn extracted(
     events: &mpsc::UnboundedSender<Event>,
 ) {
     let started = Instant::now();
-    let chosen = match extract::choose(generator, messages, candidates, extract::Scoring::Pmi) {
+    let chosen = match extract::choose(generator, messages, candidates, extract::Scoring::default()) {
         Ok(chosen) => chosen,
         Err(err) => {
             let _ = events.send(Event::Failed(err.to_string()));

@@ -133,7 +133,7 @@ pub struct Retrieval {
     #[schema(minimum = -1.0, maximum = 1.0)]
     pub min_relevance: Option<f32>,
     /// How the answer is made from the sources (default ENGRAM_ANSWER_MODE): `generate`, the model
-    /// writes it; `extract`, it is the sources' sentence the model finds likeliest, cited, or that
+    /// writes it; `extract`, it is the sources' sentence the model judges to answer it, cited, or that
     /// the notes do not say.
     pub answer: Option<AnswerModeName>,
 }
@@ -144,7 +144,7 @@ pub struct Retrieval {
 pub enum AnswerModeName {
     /// The model writes the answer.
     Generate,
-    /// The answer is the sources' sentence the model finds likeliest, cited, or that the notes do
+    /// The answer is the sources' sentence the model judges to answer it, cited, or that the notes do
     /// not say.
     Extract,
 }
