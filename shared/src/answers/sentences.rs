@@ -5,8 +5,9 @@
 //! model is asked to pick among replies of the form it was taught.
 
 /// The sentences of a chunk's text, in order: its lines outside code blocks and tables, less list
-/// markers, headings, emphasis and lines of links (a link's text states no fact), cut after `.`,
-/// `!` or `?` followed by a space and a word.
+/// markers, headings, emphasis and lines of nothing but links (a link's text states no fact; a
+/// link inside a sentence is left as its text), cut after `.`, `!` or `?` followed by a space and
+/// a word.
 pub fn sentences(text: &str) -> Vec<String> {
     let mut sentences = Vec::new();
     let mut in_code = false;
@@ -16,7 +17,11 @@ pub fn sentences(text: &str) -> Vec<String> {
             in_code = !in_code;
             continue;
         }
-        if in_code || line.starts_with('|') || line.starts_with('#') || line.is_empty() || line.contains("](") {
+        if in_code || line.starts_with('|') || line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (line, states) = unlink(line);
+        if !states {
             continue;
         }
         let line = line
@@ -25,6 +30,27 @@ pub fn sentences(text: &str) -> Vec<String> {
         sentences.extend(split_sentences(strip_numbering(&line)));
     }
     sentences
+}
+
+/// The line with each markdown link `[text](target)` replaced by its text, and whether it holds
+/// words outside the links.
+fn unlink(line: &str) -> (String, bool) {
+    let mut out = String::with_capacity(line.len());
+    let mut outside = false;
+    let mut rest = line;
+    while let Some(mid) = rest.find("](") {
+        let (Some(open), Some(close)) = (rest[..mid].rfind('['), rest[mid + 2..].find(')')) else {
+            break;
+        };
+        let before = &rest[..open];
+        outside |= before.chars().any(char::is_alphanumeric);
+        out.push_str(before);
+        out.push_str(&rest[open + 1..mid]);
+        rest = &rest[mid + 2 + close + 1..];
+    }
+    outside |= rest.chars().any(char::is_alphanumeric);
+    out.push_str(rest);
+    (out, outside)
 }
 
 fn strip_numbering(line: &str) -> &str {
@@ -73,5 +99,12 @@ mod tests {
             ]
         );
         assert_eq!(sentences("v1.2 is out. 3.5 kg"), ["v1.2 is out.", "3.5 kg"]);
+        let linked = "- [Inbox](Inbox%20a0.md)\n[a](https://x.test), [b](https://y.test)\n\
+                      - Costs £90. See [the guide](https://x.test/a) for more.\n\
+                      - [Boiler](B.md) — annual service";
+        assert_eq!(
+            sentences(linked),
+            ["Costs £90.", "See the guide for more.", "Boiler — annual service"]
+        );
     }
 }
