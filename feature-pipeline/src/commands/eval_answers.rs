@@ -31,6 +31,8 @@ struct Answered {
     score: Option<f32>,
     /// In extract mode, the same for the abstention.
     abstention_score: Option<f32>,
+    /// In extract mode, the best-scored replies, best first.
+    ranked: Vec<(String, f32)>,
     sources: Vec<GivenSource>,
     judged: Judged,
 }
@@ -124,6 +126,7 @@ pub async fn run(config: &StorageConfig, args: &EvalAnswersArgs) -> Result<()> {
                     "answer": a.answer,
                     "score": a.score,
                     "abstention_score": a.abstention_score,
+                    "ranked": a.ranked,
                     "sources": a.sources,
                     "judged": a.judged,
                 })).collect::<Vec<_>>(),
@@ -168,12 +171,13 @@ fn answer(
             answer: abstain::ABSTENTION.to_string(),
             score: None,
             abstention_score: None,
+            ranked: Vec::new(),
             sources,
         });
     }
     let conversation = [ChatMessage::new(Role::User, question.question.clone())];
     let fitted = prompt::fit(generator, &conversation, &found.hits, args.max_tokens, usize::MAX)?;
-    let (text, score, abstention_score) = match args.answer {
+    let (text, score, abstention_score, ranked) = match args.answer {
         AnswerMode::Generate => {
             let params = GenerationParams {
                 max_tokens: args.max_tokens,
@@ -182,12 +186,17 @@ fn answer(
                 ..GenerationParams::default()
             };
             let completion = generator.generate(&fitted.messages, &params, |_| Flow::Continue)?;
-            (completion.text.trim().to_string(), None, None)
+            (completion.text.trim().to_string(), None, None, Vec::new())
         }
         AnswerMode::Extract => {
             let candidates = extract::candidates(&found.hits, fitted.sources);
             let chosen = extract::choose(generator, &fitted.messages, &candidates, args.extract_scoring)?;
-            (chosen.text, Some(chosen.score), Some(chosen.abstention_score))
+            let ranked = chosen
+                .ranked
+                .iter()
+                .map(|&(i, score)| (candidates[i].reply.clone(), score))
+                .collect();
+            (chosen.text, Some(chosen.score), Some(chosen.abstention_score), ranked)
         }
     };
     let sources = given(fitted.sources, &text);
@@ -197,6 +206,7 @@ fn answer(
         answer: text,
         score,
         abstention_score,
+        ranked,
         sources,
     })
 }

@@ -15,6 +15,7 @@ use crate::generation::{ChatMessage, GenerationError, Generator, ReplyScore, Rol
 use crate::vectors::SearchHit;
 
 use super::abstain::ABSTENTION;
+use super::answer_type::AnswerType;
 use super::citations::cite;
 use super::sentences::sentences;
 
@@ -89,10 +90,14 @@ pub struct Extracted {
     pub source: Option<usize>,
     /// Its score under the [`Scoring`] used (higher is better).
     pub score: f32,
-    /// The abstention's score (NaN under [`Scoring::Channel`], which never chooses it).
+    /// The abstention's score; under [`Scoring::Channel`], which never chooses it, the
+    /// question's log-probability per token with no sentence given.
     pub abstention_score: f32,
-    /// How many replies were scored.
+    /// How many replies were scored (those of the question's answer type, and the abstention).
     pub candidates: usize,
+    /// Every scored candidate (index into the candidates, score), best first: what
+    /// `eval answers --json` shows of the choice.
+    pub ranked: Vec<(usize, f32)>,
 }
 
 /// The replies to choose among for the first `sources` of `hits` (those the prompt holds, numbered
@@ -132,9 +137,37 @@ pub fn choose(
     candidates: &[Candidate],
     scoring: Scoring,
 ) -> Result<Extracted, GenerationError> {
-    if scoring == Scoring::Channel {
-        return choose_by_channel(generator, messages, candidates);
+    let question = messages
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::User)
+        .map(|m| m.content.clone())
+        .unwrap_or_default();
+    // Only sentences stating the kind of fact the question asks for (`answer_type`); none, and
+    // only the abstention is left.
+    let wanted = AnswerType::of(&question);
+    let typed: Vec<usize> = (0..candidates.len())
+        .filter(|&i| candidates[i].source.is_none() || wanted.fits(&candidates[i].sentence))
+        .collect();
+    let kept: Vec<Candidate> = typed.iter().map(|&i| candidates[i].clone()).collect();
+    let mut chosen = if scoring == Scoring::Channel {
+        choose_by_channel(generator, &question, &kept)?
+    } else {
+        choose_by_reply(generator, messages, &kept, scoring)?
+    };
+    for (index, _) in &mut chosen.ranked {
+        *index = typed[*index];
     }
+    Ok(chosen)
+}
+
+/// [`Scoring::Pmi`] and [`Scoring::Likelihood`]: each candidate scored as the reply to the prompt.
+fn choose_by_reply(
+    generator: &Generator,
+    messages: &[ChatMessage],
+    candidates: &[Candidate],
+    scoring: Scoring,
+) -> Result<Extracted, GenerationError> {
     let replies: Vec<String> = candidates.iter().map(|c| c.reply.clone()).collect();
     let mut scores = generator.score_replies(messages, &replies)?;
     if scoring == Scoring::Pmi {
@@ -159,22 +192,27 @@ pub fn choose(
         score: scores[best].mean(),
         abstention_score,
         candidates: candidates.len(),
+        ranked: ranked(&scores),
     })
 }
 
+/// The instruction the channel scores each sentence under.
+fn channel_prompt(sentence: &str) -> ChatMessage {
+    ChatMessage::new(
+        Role::User,
+        format!("{sentence}\n\nWrite the question this sentence answers."),
+    )
+}
+
 /// [`Scoring::Channel`]: each sentence ranked by the question's log-probability as the question
-/// it answers.
+/// it answers. The abstention's score is the question's log-probability with no sentence at all:
+/// how much the best sentence raises it over that is how much the sentence explains the question.
 fn choose_by_channel(
     generator: &Generator,
-    messages: &[ChatMessage],
+    question: &str,
     candidates: &[Candidate],
 ) -> Result<Extracted, GenerationError> {
-    let question = messages
-        .iter()
-        .rev()
-        .find(|m| m.role == Role::User)
-        .map(|m| m.content.clone())
-        .unwrap_or_default();
+    let question = question.to_string();
     let mut scores = Vec::with_capacity(candidates.len());
     for candidate in candidates {
         if candidate.source.is_none() {
@@ -184,17 +222,17 @@ fn choose_by_channel(
             });
             continue;
         }
-        let asked = [ChatMessage::new(
-            Role::User,
-            format!("{}\n\nWrite the question this sentence answers.", candidate.sentence),
-        )];
+        let asked = [channel_prompt(&candidate.sentence)];
         let scored = generator.score_replies(&asked, std::slice::from_ref(&question))?;
-        // The same question for every sentence: its whole log-probability ranks them.
-        scores.push(ReplyScore {
-            log_prob: scored.first().map_or(f32::NAN, |s| s.log_prob),
+        scores.push(scored.first().copied().unwrap_or(ReplyScore {
+            log_prob: f32::NAN,
             tokens: 1,
-        });
+        }));
     }
+    let prior = generator
+        .score_replies(&[channel_prompt("")], std::slice::from_ref(&question))?
+        .first()
+        .map_or(f32::NAN, ReplyScore::mean);
     // No sentence among the sources: the abstention (the last candidate).
     let best = best(&scores)
         .or(candidates.len().checked_sub(1))
@@ -203,9 +241,22 @@ fn choose_by_channel(
         text: candidates[best].reply.clone(),
         source: candidates[best].source,
         score: scores[best].mean(),
-        abstention_score: f32::NAN,
+        abstention_score: prior,
         candidates: candidates.len(),
+        ranked: ranked(&scores),
     })
+}
+
+/// The scored candidates' indices and scores, best first.
+fn ranked(scores: &[ReplyScore]) -> Vec<(usize, f32)> {
+    let mut ranked: Vec<(usize, f32)> = scores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (i, s.mean()))
+        .filter(|(_, s)| !s.is_nan())
+        .collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    ranked
 }
 
 /// The index of the highest score per token (the first of equals; NaN never wins).

@@ -12,6 +12,7 @@
 //! 5. [`citations`]: which numbered sources the answer cites.
 
 pub mod abstain;
+pub mod answer_type;
 pub mod citations;
 pub mod extract;
 pub mod followup;

@@ -240,7 +240,7 @@ mod tests {
     }
 
     #[test]
-    fn fact_sentences_leave_out_code_tables_headings_and_plain_sentences() {
+    fn fact_sentences_leave_out_code_headings_short_rows_and_plain_sentences() {
         let text = "# Prices\n- Stem steerer bolts: 5 Nm\nWe went early. Pena at 09:30 was empty. it was nice\n\
                     | a | 1 |\n```\nlet x = 42;\n```\n2. Simmer the lentils for 25 minutes.";
         assert_eq!(

@@ -48,12 +48,14 @@ pub(super) fn abstention(events: &mpsc::UnboundedSender<Event>) {
     }));
 }
 
-/// The extractive answer ([`extract::choose`]), sent as the same events a generation sends.
+/// The extractive answer ([`extract::choose`]), sent as the same events a generation sends. When
+/// no sentence states the kind of fact asked for, the answer is the abstention, and counted as one.
 pub(super) fn extracted(
     generator: &generation::Generator,
     messages: &[generation::ChatMessage],
     candidates: &[extract::Candidate],
     events: &mpsc::UnboundedSender<Event>,
+    metrics: &Metrics,
 ) {
     let started = Instant::now();
     let chosen = match extract::choose(generator, messages, candidates, extract::Scoring::default()) {
@@ -63,7 +65,12 @@ pub(super) fn extracted(
             return;
         }
     };
-    tracing::info!(score = chosen.score, source = ?chosen.source, "extracted");
+    if chosen.source.is_none() {
+        metrics.abstentions.inc();
+        tracing::info!("no sentence of the sources states the kind of fact asked for: the notes do not say");
+    } else {
+        tracing::info!(score = chosen.score, source = ?chosen.source, "extracted");
+    }
     let usage = generation::Usage {
         prompt_tokens: generator.prompt_tokens(messages).map_or(0, |t| t.len()),
         completion_tokens: generator.encode(&chosen.text).map_or(0, |t| t.len()),
