@@ -61,11 +61,15 @@ impl Chunker {
         &self.settings
     }
 
-    /// The chunks of `document`, in order.
+    /// The chunks of `document`, in order. A chunk of nothing but headings is left out: the
+    /// splitter leaves a heading alone when its section does not fit one chunk, and such a chunk
+    /// states nothing its section's chunks do not carry (their heading path, which is embedded
+    /// with them), while it takes a place among the few chunks a question retrieves.
     pub fn chunk(&self, document: &Document) -> Vec<Chunk> {
         let headings = headings(&document.content);
         self.splitter
             .chunk_indices(&document.content)
+            .filter(|(_, text)| !only_headings(text))
             .enumerate()
             .map(|(position, (offset, text))| Chunk {
                 doc_id: document.id.clone(),
@@ -107,6 +111,14 @@ fn headings(text: &str) -> Vec<Heading> {
     found
 }
 
+/// Whether every line of `text` that holds anything is a markdown heading.
+fn only_headings(text: &str) -> bool {
+    text.lines().map(str::trim).filter(|l| !l.is_empty()).all(|line| {
+        let level = line.bytes().take_while(|&b| b == b'#').count();
+        (1..=6).contains(&level) && line[level..].starts_with(' ')
+    })
+}
+
 /// The headings in force at `offset`: the last heading of each level above it, outermost first.
 fn heading_path(headings: &[Heading], offset: usize) -> Vec<String> {
     let mut stack: Vec<(usize, &str)> = Vec::new();
@@ -134,6 +146,15 @@ pub fn embedding_text(chunk: &Chunk) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_of_headings_alone_is_recognised() {
+        assert!(only_headings("## Annual service"));
+        assert!(only_headings("# A\n\n## B\n"));
+        assert!(!only_headings("## Annual service\n- Costs about £90."));
+        assert!(!only_headings("#hashtag"));
+        assert!(only_headings(""), "nothing at all states nothing either");
+    }
 
     #[test]
     fn heading_paths_follow_the_outline() {
