@@ -722,3 +722,31 @@ fn replies_score_alike_on_the_packed_and_candle_paths_and_the_greedy_answer_scor
     assert_eq!(again[0], packed[2]);
     assert_eq!(again[1], packed[0]);
 }
+
+#[test]
+fn an_extraction_quotes_only_a_sentence_of_the_asked_type_and_abstains_without_one() {
+    use engram_shared::answers::{abstain::ABSTENTION, extract};
+    let hit = |text: &str| {
+        let mut hit = source_hit(1);
+        hit.chunk.text = text.to_string();
+        hit
+    };
+    let question = [ChatMessage::new(Role::User, "How much did I pay for my gyuto?")];
+    // The notes describe the knife but never say what it cost: nothing to quote.
+    let described = [hit(
+        "My gyuto is a 210 mm Aogami #2 knife with stainless cladding.\nI sharpen the gyuto at 15 degrees.",
+    )];
+    let candidates = extract::candidates(&described, 1);
+    let chosen = extract::choose(generator(), &question, &candidates, extract::Scoring::Channel).unwrap();
+    assert_eq!((chosen.text.as_str(), chosen.source), (ABSTENTION, None));
+    assert!(chosen.ranked.is_empty(), "no sentence was scored: {:?}", chosen.ranked);
+    // With the price among them, the price is the answer, whatever the other sentences score.
+    let priced = [hit(
+        "My gyuto is a 210 mm Aogami #2 knife with stainless cladding.\nI paid €180 for it in Kyoto.\nI sharpen the gyuto at 15 degrees.",
+    )];
+    let candidates = extract::candidates(&priced, 1);
+    let chosen = extract::choose(generator(), &question, &candidates, extract::Scoring::Channel).unwrap();
+    assert_eq!(chosen.text, "I paid €180 for it in Kyoto [1].");
+    assert_eq!(chosen.ranked.len(), 1);
+    assert!(chosen.abstention_score.is_finite() && chosen.score.is_finite());
+}

@@ -229,10 +229,15 @@ fn choose_by_channel(
             tokens: 1,
         }));
     }
-    let prior = generator
-        .score_replies(&[channel_prompt("")], std::slice::from_ref(&question))?
-        .first()
-        .map_or(f32::NAN, ReplyScore::mean);
+    // Only worth scoring when some sentence was: it is what the sentence's score is read against.
+    let prior = if candidates.iter().any(|c| c.source.is_some()) {
+        generator
+            .score_replies(&[channel_prompt("")], std::slice::from_ref(&question))?
+            .first()
+            .map_or(f32::NAN, ReplyScore::mean)
+    } else {
+        f32::NAN
+    };
     // No sentence among the sources: the abstention (the last candidate).
     let best = best(&scores)
         .or(candidates.len().checked_sub(1))
