@@ -208,6 +208,32 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_question_sets_parse_with_answerable_and_unanswerable_questions() {
+        for (name, text, answerable, unanswerable) in [
+            (
+                "samples/answers.tsv",
+                include_str!("../../../samples/answers.tsv"),
+                44,
+                10,
+            ),
+            (
+                "samples/answers-heldout.tsv",
+                include_str!("../../../samples/answers-heldout.tsv"),
+                20,
+                8,
+            ),
+        ] {
+            let questions = parse_answer_questions(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let counted = questions.iter().filter(|q| q.expected.is_some()).count();
+            assert_eq!(
+                (counted, questions.len() - counted),
+                (answerable, unanswerable),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
     fn a_bad_question_file_names_the_line_and_the_fix() {
         for (text, says) in [
             ("no tab here", "line 1"),
