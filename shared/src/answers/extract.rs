@@ -79,6 +79,9 @@ pub struct Candidate {
     pub source: Option<usize>,
     /// The sentence alone (empty for the abstention).
     pub sentence: String,
+    /// Where the sentence stands: its document's title and the headings above it
+    /// (`Knife Care > Sharpening`), empty for the abstention.
+    pub context: String,
 }
 
 /// The chosen reply.
@@ -107,6 +110,7 @@ pub fn candidates(hits: &[SearchHit], sources: usize) -> Vec<Candidate> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     'sources: for (i, hit) in hits.iter().take(sources).enumerate() {
+        let context = context(&hit.chunk.title, &hit.chunk.heading_path);
         for sentence in sentences(&hit.chunk.text) {
             if out.len() == MAX_CANDIDATES {
                 break 'sources;
@@ -117,6 +121,7 @@ pub fn candidates(hits: &[SearchHit], sources: usize) -> Vec<Candidate> {
                     reply: cite(&sentence, i + 1),
                     source: Some(i + 1),
                     sentence,
+                    context: context.clone(),
                 });
             }
         }
@@ -125,8 +130,22 @@ pub fn candidates(hits: &[SearchHit], sources: usize) -> Vec<Candidate> {
         reply: ABSTENTION.to_string(),
         source: None,
         sentence: String::new(),
+        context: String::new(),
     });
     out
+}
+
+/// `Title > Heading > Subheading`: a document's first heading is usually its title again, and is
+/// said once.
+fn context(title: &str, heading_path: &[String]) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in std::iter::once(title).chain(heading_path.iter().map(String::as_str)) {
+        let part = part.trim();
+        if !part.is_empty() && parts.last().is_none_or(|last| !last.eq_ignore_ascii_case(part)) {
+            parts.push(part);
+        }
+    }
+    parts.join(" > ")
 }
 
 /// Of `candidates`, the best reply to `messages` (the prompt [`super::prompt::fit`] built) by
@@ -196,11 +215,18 @@ fn choose_by_reply(
     })
 }
 
-/// The instruction the channel scores each sentence under.
-fn channel_prompt(sentence: &str) -> ChatMessage {
+/// The instruction the channel scores each sentence under, the sentence preceded by where it
+/// stands: out of its document a sentence often does not name its subject ("Find the angle: about
+/// 15° per side" is about the gyuto only under "Knife Care > Sharpening").
+fn channel_prompt(context: &str, sentence: &str) -> ChatMessage {
+    let read = if context.is_empty() {
+        sentence.to_string()
+    } else {
+        format!("{context}:\n{sentence}")
+    };
     ChatMessage::new(
         Role::User,
-        format!("{sentence}\n\nWrite the question this sentence answers."),
+        format!("{read}\n\nWrite the question this sentence answers."),
     )
 }
 
@@ -222,7 +248,7 @@ fn choose_by_channel(
             });
             continue;
         }
-        let asked = [channel_prompt(&candidate.sentence)];
+        let asked = [channel_prompt(&candidate.context, &candidate.sentence)];
         let scored = generator.score_replies(&asked, std::slice::from_ref(&question))?;
         scores.push(scored.first().copied().unwrap_or(ReplyScore {
             log_prob: f32::NAN,
@@ -232,7 +258,7 @@ fn choose_by_channel(
     // Only worth scoring when some sentence was: it is what the sentence's score is read against.
     let prior = if candidates.iter().any(|c| c.source.is_some()) {
         generator
-            .score_replies(&[channel_prompt("")], std::slice::from_ref(&question))?
+            .score_replies(&[channel_prompt("", "")], std::slice::from_ref(&question))?
             .first()
             .map_or(f32::NAN, ReplyScore::mean)
     } else {
@@ -318,6 +344,26 @@ mod tests {
         );
         let long: String = (0..200).map(|i| format!("Fact number {i} is here. ")).collect();
         assert_eq!(candidates(&[hit(&long)], 1).len(), MAX_CANDIDATES + 1);
+    }
+
+    #[test]
+    fn a_sentence_is_read_under_its_title_and_headings_said_once() {
+        let path = |parts: &[&str]| parts.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            context("Knife Care", &path(&["Knife Care", "Sharpening"])),
+            "Knife Care > Sharpening"
+        );
+        assert_eq!(context("Notes", &[]), "Notes");
+        assert_eq!(context(" ", &path(&["A", "", "B"])), "A > B");
+        let mut titled = hit("Soak the stone for 10 minutes.");
+        titled.chunk.heading_path = path(&["T", "Stones"]);
+        let read = candidates(&[titled], 1);
+        assert_eq!(read[0].context, "T > Stones");
+        assert_eq!(read[1].context, "", "the abstention stands nowhere");
+        assert_eq!(
+            channel_prompt(&read[0].context, &read[0].sentence).content,
+            "T > Stones:\nSoak the stone for 10 minutes.\n\nWrite the question this sentence answers."
+        );
     }
 
     #[test]
