@@ -540,6 +540,16 @@ pub struct EvalAnswersArgs {
     #[arg(long, default_value_t = engram_shared::answers::extract::Scoring::default())]
     pub extract_scoring: engram_shared::answers::extract::Scoring,
 
+    /// In `extract`, how close a sentence read under its headings must be to the question (the
+    /// embedder's cosine) to be a candidate (the service's ENGRAM_MIN_SENTENCE_RELEVANCE; -1: any).
+    #[arg(long, default_value_t = engram_shared::answers::closeness::DEFAULT_MIN, allow_negative_numbers = true)]
+    pub min_sentence_relevance: f32,
+
+    /// In `extract`, how much that cosine adds to the model's score per token (0: the model
+    /// alone ranks the sentences).
+    #[arg(long, default_value_t = engram_shared::answers::closeness::DEFAULT_WEIGHT)]
+    pub sentence_weight: f32,
+
     /// The embedding model (must be the one the index was built with).
     #[command(flatten)]
     pub embedding: EmbeddingArgs,

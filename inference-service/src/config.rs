@@ -92,6 +92,14 @@ pub struct Config {
     #[arg(long, env = "ENGRAM_ANSWER_MODE", default_value_t = engram_shared::answers::AnswerMode::default())]
     pub answer_mode: engram_shared::answers::AnswerMode,
 
+    /// In extractive answers, how close (cosine similarity, -1 to 1) a sentence of the sources,
+    /// read under its title and headings, must be to the question to be the answer; when none is,
+    /// the notes do not say. Calibrated on samples/answers.tsv (README, "Grounded answers"); -1
+    /// lets every sentence of the right kind compete.
+    #[arg(long, env = "ENGRAM_MIN_SENTENCE_RELEVANCE", default_value_t = engram_shared::answers::closeness::DEFAULT_MIN,
+          value_parser = relevance)]
+    pub min_sentence_relevance: f32,
+
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "ENGRAM_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     pub max_body_bytes: usize,

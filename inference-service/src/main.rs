@@ -137,6 +137,10 @@ async fn serve(config: &Config) -> Result<()> {
         top_k: config.top_k,
         min_relevance: config.min_relevance,
         answer_mode: config.answer_mode,
+        closeness: engram_shared::answers::closeness::Closeness {
+            min: config.min_sentence_relevance,
+            ..Default::default()
+        },
         searches: Arc::new(tokio::sync::Semaphore::new(config.max_searches.max(1))),
         extractions: Arc::new(tokio::sync::Semaphore::new(1)),
         limits: http::Limits {

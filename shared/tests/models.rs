@@ -725,7 +725,7 @@ fn replies_score_alike_on_the_packed_and_candle_paths_and_the_greedy_answer_scor
 
 #[test]
 fn an_extraction_quotes_only_a_sentence_of_the_asked_type_and_abstains_without_one() {
-    use engram_shared::answers::{abstain::ABSTENTION, extract};
+    use engram_shared::answers::{abstain::ABSTENTION, closeness::Closeness, extract};
     let hit = |text: &str| {
         let mut hit = source_hit(1);
         hit.chunk.text = text.to_string();
@@ -737,7 +737,18 @@ fn an_extraction_quotes_only_a_sentence_of_the_asked_type_and_abstains_without_o
         "My gyuto is a 210 mm Aogami #2 knife with stainless cladding.\nI sharpen the gyuto at 15 degrees.",
     )];
     let candidates = extract::candidates(&described, 1);
-    let chosen = extract::choose(generator(), &question, &candidates, extract::Scoring::Channel).unwrap();
+    let choose = |candidates: &[extract::Candidate], closeness: Closeness| {
+        extract::choose(
+            generator(),
+            embedder(),
+            &question,
+            candidates,
+            extract::Scoring::Channel,
+            closeness,
+        )
+        .unwrap()
+    };
+    let chosen = choose(&candidates, Closeness::default());
     assert_eq!((chosen.text.as_str(), chosen.source), (ABSTENTION, None));
     assert!(chosen.ranked.is_empty(), "no sentence was scored: {:?}", chosen.ranked);
     // With the price among them, the price is the answer, whatever the other sentences score.
@@ -745,8 +756,26 @@ fn an_extraction_quotes_only_a_sentence_of_the_asked_type_and_abstains_without_o
         "My gyuto is a 210 mm Aogami #2 knife with stainless cladding.\nI paid €180 for it in Kyoto.\nI sharpen the gyuto at 15 degrees.",
     )];
     let candidates = extract::candidates(&priced, 1);
-    let chosen = extract::choose(generator(), &question, &candidates, extract::Scoring::Channel).unwrap();
+    let chosen = choose(&candidates, Closeness::default());
     assert_eq!(chosen.text, "I paid €180 for it in Kyoto [1].");
     assert_eq!(chosen.ranked.len(), 1);
     assert!(chosen.abstention_score.is_finite() && chosen.score.is_finite());
+    // Each sentence of the asked type was read by the embedder; the others and the abstention not.
+    let read: Vec<bool> = chosen.closeness.iter().map(|c| c.is_finite()).collect();
+    assert_eq!(read, [false, true, false, false]);
+    // A sum of money about something else: the model alone would quote it; the embedder finds it
+    // far from the question, and the notes do not say.
+    let elsewhere = [hit("A single tram ticket bought on board costs about €3.
+The tram climbs to the castle.")];
+    let candidates = extract::candidates(&elsewhere, 1);
+    let alone = choose(&candidates, Closeness::OFF);
+    assert_eq!(alone.text, "A single tram ticket bought on board costs about €3 [1].");
+    assert!(alone.closeness.iter().all(|c| c.is_nan()), "not read when off");
+    let gated = choose(&candidates, Closeness::default());
+    assert!(
+        gated.closeness[0] < Closeness::default().min,
+        "a tram ticket is far from a knife's price: {:?}",
+        gated.closeness
+    );
+    assert_eq!((gated.text.as_str(), gated.source), (ABSTENTION, None));
 }

@@ -6,8 +6,10 @@
 //! abstention threshold (ENGRAM_MIN_RELEVANCE) is calibrated on.
 
 use anyhow::{Context, Result};
+use engram_shared::answers::closeness::Closeness;
 use engram_shared::answers::{self, AnswerMode, abstain, citations, extract, prompt};
 use engram_shared::config::StorageConfig;
+use engram_shared::embedding::Embedder;
 use engram_shared::generation::{ChatMessage, Flow, GenerationParams, Generator, GeneratorOptions, Role};
 use engram_shared::storage::Storage;
 use engram_shared::vectors::ChunkFilter;
@@ -31,8 +33,9 @@ struct Answered {
     score: Option<f32>,
     /// In extract mode, the same for the abstention.
     abstention_score: Option<f32>,
-    /// In extract mode, the best-scored replies, best first.
-    ranked: Vec<(String, f32)>,
+    /// In extract mode, the best-scored replies, best first, with each one's cosine to the
+    /// question (`extract::Extracted::closeness`).
+    ranked: Vec<(String, f32, f32)>,
     sources: Vec<GivenSource>,
     judged: Judged,
 }
@@ -46,6 +49,14 @@ pub async fn run(config: &StorageConfig, args: &EvalAnswersArgs) -> Result<()> {
     anyhow::ensure!(
         (-1.0..=1.0).contains(&args.min_relevance),
         "--min-relevance is a cosine similarity, between -1 and 1"
+    );
+    anyhow::ensure!(
+        (-1.0..=1.0).contains(&args.min_sentence_relevance),
+        "--min-sentence-relevance is a cosine similarity, between -1 and 1"
+    );
+    anyhow::ensure!(
+        args.sentence_weight.is_finite() && args.sentence_weight >= 0.0,
+        "--sentence-weight is a weight, 0 or more"
     );
     let storage = Storage::open(config).await?;
     let embedder = load_embedder(&args.embedding.embedding_model)?;
@@ -74,6 +85,7 @@ pub async fn run(config: &StorageConfig, args: &EvalAnswersArgs) -> Result<()> {
         let model = candidate(&storage, config.home(), spec).await?;
         let (path, label) = (model.path.clone(), model.label.clone());
         let (asked, found, args_copy) = (questions.clone(), retrieved.clone(), args.clone());
+        let embedder = embedder.clone();
         let bar = crate::progress::bar(questions.len() as u64, "answers");
         bar.set_message(label.clone());
         let answered = tokio::task::spawn_blocking(move || -> Result<Vec<Answered>> {
@@ -81,7 +93,7 @@ pub async fn run(config: &StorageConfig, args: &EvalAnswersArgs) -> Result<()> {
                 .with_context(|| format!("cannot load {label} from {}", path.display()))?;
             let mut answered = Vec::with_capacity(asked.len());
             for (question, found) in asked.iter().zip(&found) {
-                answered.push(answer(&generator, question, found, &args_copy)?);
+                answered.push(answer(&generator, &embedder, question, found, &args_copy)?);
                 bar.inc(1);
             }
             bar.finish_and_clear();
@@ -146,6 +158,7 @@ pub async fn run(config: &StorageConfig, args: &EvalAnswersArgs) -> Result<()> {
 /// One answer as the service would give it: generated greedily, or extracted.
 fn answer(
     generator: &Generator,
+    embedder: &Embedder,
     question: &AnswerQuestion,
     found: &Scored,
     args: &EvalAnswersArgs,
@@ -190,11 +203,22 @@ fn answer(
         }
         AnswerMode::Extract => {
             let candidates = extract::candidates(&found.hits, fitted.sources);
-            let chosen = extract::choose(generator, &fitted.messages, &candidates, args.extract_scoring)?;
+            let closeness = Closeness {
+                weight: args.sentence_weight,
+                min: args.min_sentence_relevance,
+            };
+            let chosen = extract::choose(
+                generator,
+                embedder,
+                &fitted.messages,
+                &candidates,
+                args.extract_scoring,
+                closeness,
+            )?;
             let ranked = chosen
                 .ranked
                 .iter()
-                .map(|&(i, score)| (candidates[i].reply.clone(), score))
+                .map(|&(i, score)| (candidates[i].reply.clone(), score, chosen.closeness[i]))
                 .collect();
             (chosen.text, Some(chosen.score), Some(chosen.abstention_score), ranked)
         }

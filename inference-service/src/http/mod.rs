@@ -42,6 +42,8 @@ pub struct AppState {
     pub min_relevance: f32,
     /// How answers are made by default.
     pub answer_mode: engram_shared::answers::AnswerMode,
+    /// How close an extracted sentence must be to the question, and how much that counts.
+    pub closeness: engram_shared::answers::closeness::Closeness,
     /// Places for `/v1/search` requests running at once.
     pub searches: Arc<tokio::sync::Semaphore>,
     /// The one place for an extractive answer being scored: each already runs on every core and

@@ -6,18 +6,32 @@
 //! ([`Generator::score_replies`]), every sentence of the sources is a candidate, and the one under
 //! which the model finds the user's question likeliest (as the question the sentence answers) is
 //! the answer: on `samples/answers.tsv` that answers correctly more than twice as often as
-//! generating (README, "Conversations and grounded answers"). Every reply is then a sentence a note states, word for word, with the source it is
-//! from: nothing invented, and the citation is right about where the words are. The `qa` training
+//! generating (README, "Conversations and grounded answers"). The embedder has a say too
+//! ([`super::closeness`]): a sentence must be about what was asked. Every reply is then a
+//! sentence a note states, word for word, with the source it is from: nothing invented, and the citation is right about where the words are. The `qa` training
 //! task's answers are such sentences, cited the same way, or the abstention. What it cannot do is
 //! combine two sentences or rephrase: `generate` answers do that.
 
+use crate::embedding::{Embedder, EmbeddingError};
 use crate::generation::{ChatMessage, GenerationError, Generator, ReplyScore, Role};
 use crate::vectors::SearchHit;
 
 use super::abstain::ABSTENTION;
 use super::answer_type::AnswerType;
 use super::citations::cite;
+use super::closeness::{Closeness, closeness};
 use super::sentences::sentences;
+
+/// Why no reply could be chosen.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    /// The language model failed to score the sentences.
+    #[error(transparent)]
+    Generation(#[from] GenerationError),
+    /// The embedder failed to read them.
+    #[error(transparent)]
+    Embedding(#[from] EmbeddingError),
+}
 
 /// Sentences shorter than this state no answer ("Notes.", "See above.").
 const MIN_SENTENCE_CHARS: usize = 12;
@@ -40,7 +54,8 @@ pub enum Scoring {
     /// The other way round (a noisy channel): the question's log-probability as the one each
     /// sentence answers, the sentence alone in the prompt. Nothing to normalise (the question is
     /// the same for every sentence) and no source's neighbours to copy from. The abstention has
-    /// no sentence and is never chosen: abstaining is left to the relevance threshold.
+    /// no sentence and is never chosen while a sentence is left: abstaining is left to the
+    /// answer type, the sentences' closeness and the relevance threshold.
     #[default]
     Channel,
 }
@@ -91,16 +106,20 @@ pub struct Extracted {
     pub text: String,
     /// The source it quotes (1-based); `None` when the model abstained.
     pub source: Option<usize>,
-    /// Its score under the [`Scoring`] used (higher is better).
+    /// Its score under the [`Scoring`] used, plus its closeness term (higher is better).
     pub score: f32,
     /// The abstention's score; under [`Scoring::Channel`], which never chooses it, the
     /// question's log-probability per token with no sentence given.
     pub abstention_score: f32,
-    /// How many replies were scored (those of the question's answer type, and the abstention).
+    /// How many replies were scored (those of the question's answer type close enough to the
+    /// question, and the abstention).
     pub candidates: usize,
-    /// Every scored candidate (index into the candidates, score), best first: what
-    /// `eval answers --json` shows of the choice.
+    /// Every scored candidate (index into the candidates, score with the closeness term), best
+    /// first: what `eval answers --json` shows of the choice.
     pub ranked: Vec<(usize, f32)>,
+    /// Each candidate's cosine to the question (index as the candidates; `NaN` where not read:
+    /// the abstention, a sentence of the wrong type, or all when [`Closeness::OFF`]).
+    pub closeness: Vec<f32>,
 }
 
 /// The replies to choose among for the first `sources` of `hits` (those the prompt holds, numbered
@@ -149,35 +168,68 @@ fn context(title: &str, heading_path: &[String]) -> String {
 }
 
 /// Of `candidates`, the best reply to `messages` (the prompt [`super::prompt::fit`] built) by
-/// `scoring` (see [`Scoring`]). The first of equals wins.
+/// `scoring` (see [`Scoring`]) and `closeness` (see [`super::closeness`]). The first of equals
+/// wins.
 pub fn choose(
     generator: &Generator,
+    embedder: &Embedder,
     messages: &[ChatMessage],
     candidates: &[Candidate],
     scoring: Scoring,
-) -> Result<Extracted, GenerationError> {
+    closeness_rule: Closeness,
+) -> Result<Extracted, ExtractError> {
     let question = messages
         .iter()
         .rev()
         .find(|m| m.role == Role::User)
         .map(|m| m.content.clone())
         .unwrap_or_default();
-    // Only sentences stating the kind of fact the question asks for (`answer_type`); none, and
-    // only the abstention is left.
+    // Only sentences stating the kind of fact the question asks for (`answer_type`), and about
+    // what it asks (`closeness`); none, and only the abstention is left.
     let wanted = AnswerType::of(&question);
     let typed: Vec<usize> = (0..candidates.len())
         .filter(|&i| candidates[i].source.is_none() || wanted.fits(&candidates[i].sentence))
         .collect();
-    let kept: Vec<Candidate> = typed.iter().map(|&i| candidates[i].clone()).collect();
+    let mut near = vec![f32::NAN; candidates.len()];
+    if !closeness_rule.is_off() {
+        let read: Vec<Candidate> = typed.iter().map(|&i| candidates[i].clone()).collect();
+        for (&i, cosine) in typed.iter().zip(closeness(embedder, &question, &read)?) {
+            near[i] = cosine;
+        }
+    }
+    let kept: Vec<usize> = typed
+        .into_iter()
+        .filter(|&i| candidates[i].source.is_none() || closeness_rule.is_off() || near[i] >= closeness_rule.min)
+        .collect();
+    let chosen: Vec<Candidate> = kept.iter().map(|&i| candidates[i].clone()).collect();
+    let bonus: Vec<f32> = kept
+        .iter()
+        .map(|&i| {
+            if near[i].is_nan() {
+                0.0
+            } else {
+                closeness_rule.weight * near[i]
+            }
+        })
+        .collect();
     let mut chosen = if scoring == Scoring::Channel {
-        choose_by_channel(generator, &question, &kept)?
+        choose_by_channel(generator, &question, &chosen, &bonus)?
     } else {
-        choose_by_reply(generator, messages, &kept, scoring)?
+        choose_by_reply(generator, messages, &chosen, &bonus, scoring)?
     };
     for (index, _) in &mut chosen.ranked {
-        *index = typed[*index];
+        *index = kept[*index];
     }
+    chosen.closeness = near;
     Ok(chosen)
+}
+
+/// Adds each candidate's closeness term to its score per token (the abstention's NaN stays NaN).
+fn with_bonus(scores: &mut [ReplyScore], bonus: &[f32]) {
+    for (score, bonus) in scores.iter_mut().zip(bonus) {
+        // `mean` is log_prob / tokens: the bonus is added per token.
+        score.log_prob += bonus * score.tokens as f32;
+    }
 }
 
 /// [`Scoring::Pmi`] and [`Scoring::Likelihood`]: each candidate scored as the reply to the prompt.
@@ -185,6 +237,7 @@ fn choose_by_reply(
     generator: &Generator,
     messages: &[ChatMessage],
     candidates: &[Candidate],
+    bonus: &[f32],
     scoring: Scoring,
 ) -> Result<Extracted, GenerationError> {
     let replies: Vec<String> = candidates.iter().map(|c| c.reply.clone()).collect();
@@ -199,6 +252,7 @@ fn choose_by_reply(
             score.log_prob -= prior.log_prob;
         }
     }
+    with_bonus(&mut scores, bonus);
     let best = best(&scores).ok_or_else(|| GenerationError::Request("no reply to choose from".into()))?;
     let abstention_score = candidates
         .iter()
@@ -212,6 +266,7 @@ fn choose_by_reply(
         abstention_score,
         candidates: candidates.len(),
         ranked: ranked(&scores),
+        closeness: Vec::new(),
     })
 }
 
@@ -237,6 +292,7 @@ fn choose_by_channel(
     generator: &Generator,
     question: &str,
     candidates: &[Candidate],
+    bonus: &[f32],
 ) -> Result<Extracted, GenerationError> {
     let question = question.to_string();
     let mut scores = Vec::with_capacity(candidates.len());
@@ -255,6 +311,7 @@ fn choose_by_channel(
             tokens: 1,
         }));
     }
+    with_bonus(&mut scores, bonus);
     // Only worth scoring when some sentence was: it is what the sentence's score is read against.
     let prior = if candidates.iter().any(|c| c.source.is_some()) {
         generator
@@ -275,6 +332,7 @@ fn choose_by_channel(
         abstention_score: prior,
         candidates: candidates.len(),
         ranked: ranked(&scores),
+        closeness: Vec::new(),
     })
 }
 

@@ -14,6 +14,7 @@
 pub mod abstain;
 pub mod answer_type;
 pub mod citations;
+pub mod closeness;
 pub mod extract;
 pub mod followup;
 pub mod prompt;

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::Json;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use engram_shared::answers::closeness::Closeness;
 use engram_shared::answers::{abstain, extract};
+use engram_shared::embedding::Embedder;
 use engram_shared::generation::{self, Completion, FinishReason, Timings};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -49,16 +51,20 @@ pub(super) fn abstention(events: &mpsc::UnboundedSender<Event>) {
 }
 
 /// The extractive answer ([`extract::choose`]), sent as the same events a generation sends. When
-/// no sentence states the kind of fact asked for, the answer is the abstention, and counted as one.
+/// no sentence states the kind of fact asked for close enough to the question, the answer is the
+/// abstention, and counted as one.
 pub(super) fn extracted(
     generator: &generation::Generator,
+    embedder: &Embedder,
     messages: &[generation::ChatMessage],
     candidates: &[extract::Candidate],
+    closeness: Closeness,
     events: &mpsc::UnboundedSender<Event>,
     metrics: &Metrics,
 ) {
     let started = Instant::now();
-    let chosen = match extract::choose(generator, messages, candidates, extract::Scoring::default()) {
+    let scoring = extract::Scoring::default();
+    let chosen = match extract::choose(generator, embedder, messages, candidates, scoring, closeness) {
         Ok(chosen) => chosen,
         Err(err) => {
             let _ = events.send(Event::Failed(err.to_string()));
@@ -67,7 +73,9 @@ pub(super) fn extracted(
     };
     if chosen.source.is_none() {
         metrics.abstentions.inc();
-        tracing::info!("no sentence of the sources states the kind of fact asked for: the notes do not say");
+        tracing::info!(
+            "no sentence of the sources states the kind of fact asked for, close to the question: the notes do not say"
+        );
     } else {
         tracing::info!(score = chosen.score, source = ?chosen.source, "extracted");
     }

@@ -165,6 +165,7 @@ pub async fn completions(
                 let messages = fitted.messages;
                 let extractions = state.extractions.clone();
                 let metrics = state.metrics.clone();
+                let (embedder, closeness) = (state.embedder.clone(), state.closeness);
                 // Scored on a blocking thread, the engine's place held until the answer is known;
                 // one extraction at a time (`AppState::extractions`), the others waiting admitted.
                 tokio::spawn(async move {
@@ -177,7 +178,15 @@ pub async fn completions(
                         if events_tx.is_closed() {
                             return; // the client left (or timed out) while it waited its turn
                         }
-                        extracted(&generator, &messages, &candidates, &events_tx, &metrics);
+                        extracted(
+                            &generator,
+                            &embedder,
+                            &messages,
+                            &candidates,
+                            closeness,
+                            &events_tx,
+                            &metrics,
+                        );
                     });
                     if let Err(err) = scored.await {
                         tracing::error!(error = %err, "an extraction panicked");
