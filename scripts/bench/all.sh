@@ -6,3 +6,4 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 ./index.sh
 ./train.sh
 ./serve.sh
+./answers.sh

@@ -10,7 +10,8 @@
 # engram runs with --max-batch 8 --max-queue 4: 12 places, so at 16 clients the excess is shed
 # with 429 (clients wait Retry-After and go on). llama-server runs with --parallel N (N clients)
 # and a context of N x 1024 tokens. llama-server is built here from the llama.cpp sources that the
-# llama-cpp-python source distribution carries, for the vector extensions this CPU reports.
+# llama-cpp-python source distribution carries, for the vector extensions this CPU reports
+# (lib.sh).
 # The load generator (serve_load.py) targets loopback only, bounded in requests and time.
 # Writes the Serving section of docs/BENCHMARKS.md.
 set -euo pipefail
@@ -29,36 +30,10 @@ gguf="$root/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 threads="$(nproc)"
 
 ./scripts/fetch-models.sh >/dev/null
-if [[ ! -x "$venv/bin/python" ]]; then
-  python3 -m venv "$venv"
-fi
-grep -E '^(httpx|cmake|matplotlib)==' scripts/bench/requirements.txt | xargs "$venv/bin/pip" install --quiet --disable-pip-version-check
-cmake="$venv/bin/cmake"
-
-# llama-server, compiled once per set of CPU flags (as models.sh builds llama-cpp-python).
-flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
-for pair in avx512f:AVX512 avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16 avx_vnni:AVX_VNNI; do
-  if grep -q -w "${pair%%:*}" /proc/cpuinfo; then on=ON; else on=OFF; fi
-  flags="$flags -DGGML_${pair#*:}=$on"
-done
-version="$(grep '^llama-cpp-python==' scripts/bench/requirements.txt | cut -d= -f3)"
-llama="$cache/llama-server-$version"
-if [[ ! -x "$llama/llama-server" || "$(cat "$llama/cmake-flags" 2>/dev/null)" != "$flags" ]]; then
-  echo "building llama-server from llama-cpp-python $version's llama.cpp sources (once)"
-  work="$(mktemp -d)"
-  "$venv/bin/pip" download --quiet --disable-pip-version-check --no-deps --no-binary llama-cpp-python \
-    "llama-cpp-python==$version" -d "$work"
-  tar xzf "$work"/llama_cpp_python-"$version".tar.gz -C "$work"
-  # shellcheck disable=SC2086 # the flags are words
-  "$cmake" -S "$work/llama_cpp_python-$version/vendor/llama.cpp" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
-    -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF \
-    -DLLAMA_BUILD_EXAMPLES=OFF $flags >"$out/llama-cmake.log"
-  "$cmake" --build "$work/build" --target llama-server -j "$threads" >>"$out/llama-cmake.log"
-  mkdir -p "$llama"
-  cp "$work/build/bin/llama-server" "$llama/"
-  echo "$flags" >"$llama/cmake-flags"
-  rm -rf "$work"
-fi
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh
+bench_venv "$venv"
+build_llama_server "$venv" "$out"
 
 echo "building inference-service (release)"
 cargo build --release --quiet -p inference-service
@@ -67,15 +42,6 @@ service="$CARGO_TARGET_DIR/release/inference-service"
 prompts="$out/serve-prompts.json"
 "$venv/bin/python" scripts/bench/serve_load.py --write-prompts "$prompts" --count 40
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { # url seconds
-  for _ in $(seq $(($2 * 10))); do
-    if curl -sf -o /dev/null "$1"; then return 0; fi
-    sleep 0.1
-  done
-  echo "serve.sh: nothing answered $1 within $2 s" >&2
-  return 1
-}
 server=""
 stop_server() {
   if [[ -n "$server" ]]; then
@@ -111,7 +77,7 @@ engram() { # home clients retrieval
 llama_server() { # clients
   local port
   port="$(free_port)"
-  "$llama/llama-server" -m "$gguf" --host 127.0.0.1 --port "$port" --parallel "$1" --ctx-size $(($1 * 1024)) \
+  "$llama_server" -m "$gguf" --host 127.0.0.1 --port "$port" --parallel "$1" --ctx-size $(($1 * 1024)) \
     --threads "$threads" --threads-batch "$threads" >>"$out/serve-llama.log" 2>&1 &
   server=$!
   wait_http "http://127.0.0.1:$port/health" 120
