@@ -22,6 +22,8 @@ import sys
 import time
 
 ABSTENTION = "The notes do not say"
+# The service's instruction, word for word (`instruction()` in shared/src/answers/prompt.rs): the
+# service exposes no prompt, so the peer's copy is kept here; change both together.
 INSTRUCTION = (
     "You are engram, a private assistant that answers from the user's own notes and saved pages. "
     "Answer the last question using only the numbered sources below, briefly, and cite each source "
