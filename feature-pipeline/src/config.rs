@@ -550,6 +550,13 @@ pub struct EvalAnswersArgs {
     #[arg(long, default_value_t = engram_shared::answers::closeness::DEFAULT_WEIGHT)]
     pub sentence_weight: f32,
 
+    /// Whether the names a question gives (a capitalised word inside it, a number, an
+    /// identifier) must be stated in a source for it to answer (the service's
+    /// ENGRAM_NAMES_MUST_MATCH): with none of the retrieved sources stating one, the notes do not
+    /// say; in `extract`, a sentence's own source must state them all.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub names_must_match: bool,
+
     /// The embedding model (must be the one the index was built with).
     #[command(flatten)]
     pub embedding: EmbeddingArgs,

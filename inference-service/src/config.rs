@@ -100,6 +100,14 @@ pub struct Config {
           value_parser = relevance)]
     pub min_sentence_relevance: f32,
 
+    /// Whether the names a question gives (a capitalised word inside it, a number, an identifier
+    /// such as max_connections) must be stated in the notes to answer it: when no retrieved source
+    /// states one, the notes do not say (unless a request sets `retrieval.abstain: false`); an
+    /// extractive answer quotes only a source stating them all. English capitalisation; false
+    /// turns it off (README, "Grounded answers").
+    #[arg(long, env = "ENGRAM_NAMES_MUST_MATCH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub names_must_match: bool,
+
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "ENGRAM_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     pub max_body_bytes: usize,

@@ -139,6 +139,7 @@ async fn serve(config: &Config) -> Result<()> {
         answer_mode: config.answer_mode,
         closeness: engram_shared::answers::closeness::Closeness {
             min: config.min_sentence_relevance,
+            names: config.names_must_match,
             ..Default::default()
         },
         searches: Arc::new(tokio::sync::Semaphore::new(config.max_searches.max(1))),

@@ -731,23 +731,24 @@ fn an_extraction_quotes_only_a_sentence_of_the_asked_type_and_abstains_without_o
         hit.chunk.text = text.to_string();
         hit
     };
-    let question = [ChatMessage::new(Role::User, "How much did I pay for my gyuto?")];
+    let question = "How much did I pay for my gyuto?";
     // The notes describe the knife but never say what it cost: nothing to quote.
     let described = [hit(
         "My gyuto is a 210 mm Aogami #2 knife with stainless cladding.\nI sharpen the gyuto at 15 degrees.",
     )];
     let candidates = extract::candidates(&described, 1);
-    let choose = |candidates: &[extract::Candidate], closeness: Closeness| {
+    let ask = |question: &str, candidates: &[extract::Candidate], closeness: Closeness| {
         extract::choose(
             generator(),
             embedder(),
-            &question,
+            &[ChatMessage::new(Role::User, question)],
             candidates,
             extract::Scoring::Channel,
             closeness,
         )
         .unwrap()
     };
+    let choose = |candidates: &[extract::Candidate], closeness: Closeness| ask(question, candidates, closeness);
     let chosen = choose(&candidates, Closeness::default());
     assert_eq!((chosen.text.as_str(), chosen.source), (ABSTENTION, None));
     assert!(chosen.ranked.is_empty(), "no sentence was scored: {:?}", chosen.ranked);
@@ -778,4 +779,31 @@ The tram climbs to the castle.")];
         gated.closeness
     );
     assert_eq!((gated.text.as_str(), gated.source), (ABSTENTION, None));
+    // A question naming another place than the price's source: that source does not answer it.
+    let candidates = extract::candidates(&priced, 1);
+    let osaka = "How much did I pay for my gyuto in Osaka?";
+    let unnamed = ask(
+        osaka,
+        &candidates,
+        Closeness {
+            names: false,
+            ..Closeness::default()
+        },
+    );
+    assert_eq!(
+        unnamed.text, "I paid €180 for it in Kyoto [1].",
+        "names off: the price is quoted"
+    );
+    let named = ask(osaka, &candidates, Closeness::default());
+    assert_eq!(
+        (named.text.as_str(), named.source),
+        (ABSTENTION, None),
+        "Osaka is not in the source"
+    );
+    let kyoto = ask(
+        "How much did I pay for my gyuto in Kyoto?",
+        &candidates,
+        Closeness::default(),
+    );
+    assert_eq!(kyoto.text, "I paid €180 for it in Kyoto [1].");
 }

@@ -140,6 +140,24 @@ def test_a_question_the_notes_cannot_answer_gets_the_abstention_without_generati
                    for line in response.read().decode().splitlines())
 
 
+def test_a_question_naming_what_no_source_states_gets_the_abstention(service):
+    base = service[0]
+    # Close to the Lisbon notes by meaning, but no note names a Wi-Fi: the names must match.
+    question = [{"role": "user", "content": "What is the Wi-Fi password at the Graça apartment?"}]
+    answer = chat(base, {"messages": question, "max_tokens": 32})
+    retrieval = answer["retrieval"]
+    # `unstated` is set only when the relevance threshold would have answered: the names declined.
+    assert retrieval["abstained"] is True and retrieval["unstated"] == "Wi-Fi", retrieval
+    assert "notes do not say" in answer["choices"][0]["message"]["content"]
+    assert answer["usage"]["completion_tokens"] == 0
+    forced = chat(base, {"messages": question, "max_tokens": 8, "retrieval": {"abstain": False}})
+    assert forced["retrieval"]["abstained"] is False and "unstated" not in forced["retrieval"]
+    # A name the notes state does not stop an answer.
+    named = chat(base, {"messages": [{"role": "user", "content": "What time does the bakery on Rua da Graça open?"}],
+                        "max_tokens": 8})
+    assert named["retrieval"]["abstained"] is False and "unstated" not in named["retrieval"], named["retrieval"]
+
+
 def test_sources_carry_snippets_and_are_marked_when_cited(service):
     answer = chat(service[0], {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 48, "temperature": 0})
     content = answer["choices"][0]["message"]["content"]

@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result};
 use engram_shared::answers::closeness::Closeness;
-use engram_shared::answers::{self, AnswerMode, abstain, citations, extract, prompt};
+use engram_shared::answers::{self, AnswerMode, abstain, citations, extract, names, prompt};
 use engram_shared::config::StorageConfig;
 use engram_shared::embedding::Embedder;
 use engram_shared::generation::{ChatMessage, Flow, GenerationParams, Generator, GeneratorOptions, Role};
@@ -177,7 +177,8 @@ fn answer(
             })
             .collect()
     };
-    if abstain::should_abstain(found.closest, args.min_relevance) {
+    let unnamed = args.names_must_match && names::stated_nowhere(&question.question, &found.hits).is_some();
+    if abstain::should_abstain(found.closest, args.min_relevance) || unnamed {
         let sources = given(0, "");
         return Ok(Answered {
             judged: judge(question, abstain::ABSTENTION, &sources, true),
@@ -206,6 +207,7 @@ fn answer(
             let closeness = Closeness {
                 weight: args.sentence_weight,
                 min: args.min_sentence_relevance,
+                names: args.names_must_match,
             };
             let chosen = extract::choose(
                 generator,

@@ -222,6 +222,12 @@ mod tests {
                 20,
                 8,
             ),
+            (
+                "samples/answers-fresh.tsv",
+                include_str!("../../../samples/answers-fresh.tsv"),
+                30,
+                12,
+            ),
         ] {
             let questions = parse_answer_questions(text).unwrap_or_else(|e| panic!("{name}: {e}"));
             let counted = questions.iter().filter(|q| q.expected.is_some()).count();

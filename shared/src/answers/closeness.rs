@@ -30,6 +30,9 @@ pub struct Closeness {
     pub weight: f32,
     /// Sentences below this cosine are not candidates (-1: every sentence is).
     pub min: f32,
+    /// Only sentences whose source states every name the question gives are candidates
+    /// ([`super::names`]; ENGRAM_NAMES_MUST_MATCH).
+    pub names: bool,
 }
 
 impl Default for Closeness {
@@ -37,13 +40,18 @@ impl Default for Closeness {
         Self {
             weight: DEFAULT_WEIGHT,
             min: DEFAULT_MIN,
+            names: true,
         }
     }
 }
 
 impl Closeness {
-    /// Neither gate nor weight: the model's score alone, as before this module.
-    pub const OFF: Closeness = Closeness { weight: 0.0, min: -1.0 };
+    /// Neither gate nor weight nor names: the model's score alone, as before this module.
+    pub const OFF: Closeness = Closeness {
+        weight: 0.0,
+        min: -1.0,
+        names: false,
+    };
 
     /// Whether the embedder need run at all.
     pub fn is_off(&self) -> bool {
@@ -95,6 +103,7 @@ mod tests {
             source,
             sentence: sentence.to_string(),
             context: context.to_string(),
+            document_text: String::new(),
         }
     }
 
@@ -114,6 +123,13 @@ mod tests {
     fn off_means_no_gate_and_no_weight() {
         assert!(Closeness::OFF.is_off());
         assert!(!Closeness::default().is_off());
-        assert!(!Closeness { weight: 0.0, min: 0.2 }.is_off());
+        assert!(
+            !Closeness {
+                weight: 0.0,
+                min: 0.2,
+                names: false
+            }
+            .is_off()
+        );
     }
 }

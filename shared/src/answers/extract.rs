@@ -20,6 +20,7 @@ use super::abstain::ABSTENTION;
 use super::answer_type::AnswerType;
 use super::citations::cite;
 use super::closeness::{Closeness, closeness};
+use super::names::{all_stated, documents, names};
 use super::sentences::sentences;
 
 /// Why no reply could be chosen.
@@ -97,6 +98,9 @@ pub struct Candidate {
     /// Where the sentence stands: its document's title and the headings above it
     /// (`Knife Care > Sharpening`), empty for the abstention.
     pub context: String,
+    /// What was retrieved of its document, where the question's names are looked for
+    /// ([`super::names::documents`]); empty for the abstention.
+    pub document_text: String,
 }
 
 /// The chosen reply.
@@ -128,8 +132,10 @@ pub struct Extracted {
 pub fn candidates(hits: &[SearchHit], sources: usize) -> Vec<Candidate> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
+    let documents = documents(hits);
     'sources: for (i, hit) in hits.iter().take(sources).enumerate() {
         let context = context(&hit.chunk.title, &hit.chunk.heading_path);
+        let document_text = &documents[i];
         for sentence in sentences(&hit.chunk.text) {
             if out.len() == MAX_CANDIDATES {
                 break 'sources;
@@ -141,6 +147,7 @@ pub fn candidates(hits: &[SearchHit], sources: usize) -> Vec<Candidate> {
                     source: Some(i + 1),
                     sentence,
                     context: context.clone(),
+                    document_text: document_text.clone(),
                 });
             }
         }
@@ -150,13 +157,14 @@ pub fn candidates(hits: &[SearchHit], sources: usize) -> Vec<Candidate> {
         source: None,
         sentence: String::new(),
         context: String::new(),
+        document_text: String::new(),
     });
     out
 }
 
 /// `Title > Heading > Subheading`: a document's first heading is usually its title again, and is
 /// said once.
-fn context(title: &str, heading_path: &[String]) -> String {
+pub(super) fn context(title: &str, heading_path: &[String]) -> String {
     let mut parts: Vec<&str> = Vec::new();
     for part in std::iter::once(title).chain(heading_path.iter().map(String::as_str)) {
         let part = part.trim();
@@ -168,8 +176,9 @@ fn context(title: &str, heading_path: &[String]) -> String {
 }
 
 /// Of `candidates`, the best reply to `messages` (the prompt [`super::prompt::fit`] built) by
-/// `scoring` (see [`Scoring`]) and `closeness` (see [`super::closeness`]). The first of equals
-/// wins.
+/// `scoring` (see [`Scoring`]) and `closeness` (see [`super::closeness`]; with
+/// [`Closeness::names`], among sentences whose source states every name the question gives, see
+/// [`super::names`]). The first of equals wins.
 pub fn choose(
     generator: &Generator,
     embedder: &Embedder,
@@ -184,11 +193,21 @@ pub fn choose(
         .find(|m| m.role == Role::User)
         .map(|m| m.content.clone())
         .unwrap_or_default();
-    // Only sentences stating the kind of fact the question asks for (`answer_type`), and about
-    // what it asks (`closeness`); none, and only the abstention is left.
+    // Only sentences stating the kind of fact the question asks for (`answer_type`), from a
+    // source that names what it names (`names`), and about what it asks (`closeness`); none, and
+    // only the abstention is left.
     let wanted = AnswerType::of(&question);
+    let asked = if closeness_rule.names {
+        names(&question)
+    } else {
+        Vec::new()
+    };
     let typed: Vec<usize> = (0..candidates.len())
-        .filter(|&i| candidates[i].source.is_none() || wanted.fits(&candidates[i].sentence))
+        .filter(|&i| {
+            let candidate = &candidates[i];
+            candidate.source.is_none()
+                || (wanted.fits(&candidate.sentence) && all_stated(&asked, &candidate.document_text))
+        })
         .collect();
     let mut near = vec![f32::NAN; candidates.len()];
     if !closeness_rule.is_off() {

@@ -7,7 +7,8 @@
 //! 1. [`followup`]: the conversation becomes one standalone question (a follow-up is joined to the
 //!    question it follows);
 //! 2. [`retrieve`]: hybrid search for it, keeping how close the closest chunk is;
-//! 3. [`abstain`]: nothing close enough, and the answer is that the notes do not say;
+//! 3. [`abstain`]: nothing close enough, or ([`names`]) a name the question gives that no source
+//!    states, and the answer is that the notes do not say;
 //! 4. [`prompt`]: instructions, numbered sources and the conversation, fitted into the window;
 //! 5. [`citations`]: which numbered sources the answer cites.
 
@@ -17,6 +18,7 @@ pub mod citations;
 pub mod closeness;
 pub mod extract;
 pub mod followup;
+pub mod names;
 pub mod prompt;
 pub mod sentences;
 

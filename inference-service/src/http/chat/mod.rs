@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use engram_shared::answers::{self, AnswerMode, abstain, extract, followup, prompt};
+use engram_shared::answers::{self, AnswerMode, abstain, extract, followup, names, prompt};
 use engram_shared::vectors::ChunkFilter;
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -128,12 +128,19 @@ pub async fn completions(
             Vec::new()
         };
         let min_relevance = retrieval.and_then(|r| r.min_relevance).unwrap_or(state.min_relevance);
-        let abstaining = retrieving
-            && retrieval.and_then(|r| r.abstain) != Some(false)
-            && abstain::should_abstain(report.closest, min_relevance);
+        let may_abstain = retrieving && retrieval.and_then(|r| r.abstain) != Some(false);
+        let far = may_abstain && abstain::should_abstain(report.closest, min_relevance);
+        if may_abstain && !far && state.closeness.names {
+            report.unstated = names::stated_nowhere(&report.query, &hits);
+        }
+        let abstaining = far || report.unstated.is_some();
         let (events_tx, events) = mpsc::unbounded_channel();
         let sources = if abstaining {
-            tracing::info!(closest = ?report.closest, min_relevance, "nothing close enough: the notes do not say");
+            if far {
+                tracing::info!(closest = ?report.closest, min_relevance, "nothing close enough: the notes do not say");
+            } else {
+                tracing::info!(name = ?report.unstated, "no source names what the question names: the notes do not say");
+            }
             report.abstained = true;
             state.metrics.abstentions.inc();
             abstention(&events_tx);

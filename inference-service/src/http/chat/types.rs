@@ -325,6 +325,10 @@ pub struct RetrievalReport {
     pub closest: Option<f32>,
     /// Whether the service answered that the notes do not say, without generating.
     pub abstained: bool,
+    /// A name the question gives that no retrieved source states, when that is why it abstained
+    /// (`Wi-Fi` in "What is the Wi-Fi password?").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unstated: Option<String>,
     /// Earlier turns left out of the prompt for lack of room.
     pub dropped_turns: usize,
 }
