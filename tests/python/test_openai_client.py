@@ -148,7 +148,8 @@ def test_a_question_naming_what_no_source_states_gets_the_abstention(service):
     retrieval = answer["retrieval"]
     # `unstated` is set only when the relevance threshold would have answered: the names declined.
     assert retrieval["abstained"] is True and retrieval["unstated"] == "Wi-Fi", retrieval
-    assert "notes do not say" in answer["choices"][0]["message"]["content"]
+    content = answer["choices"][0]["message"]["content"]
+    assert "notes do not say" in content and "mentions “Wi-Fi”" in content, content
     assert answer["usage"]["completion_tokens"] == 0
     forced = chat(base, {"messages": question, "max_tokens": 8, "retrieval": {"abstain": False}})
     assert forced["retrieval"]["abstained"] is False and "unstated" not in forced["retrieval"]

@@ -177,12 +177,19 @@ fn answer(
             })
             .collect()
     };
-    let unnamed = args.names_must_match && names::stated_nowhere(&question.question, &found.hits).is_some();
-    if abstain::should_abstain(found.closest, args.min_relevance) || unnamed {
+    // As the service: too far from the notes, or naming what none of the sources states.
+    let declined = if abstain::should_abstain(found.closest, args.min_relevance) {
+        Some(abstain::ABSTENTION.to_string())
+    } else if args.names_must_match {
+        names::stated_nowhere(&question.question, &found.hits).map(|name| abstain::unstated(&name))
+    } else {
+        None
+    };
+    if let Some(declined) = declined {
         let sources = given(0, "");
         return Ok(Answered {
-            judged: judge(question, abstain::ABSTENTION, &sources, true),
-            answer: abstain::ABSTENTION.to_string(),
+            judged: judge(question, &declined, &sources, true),
+            answer: declined,
             score: None,
             abstention_score: None,
             ranked: Vec::new(),

@@ -14,6 +14,12 @@
 /// What the assistant says when the notes do not hold the answer.
 pub const ABSTENTION: &str = "The notes do not say: I found nothing about this in your notes and saved pages.";
 
+/// What the assistant says when the question names something (`name`, see [`super::names`]) that
+/// none of the notes retrieved mentions: the abstention, saying what was not found.
+pub fn unstated(name: &str) -> String {
+    format!("The notes do not say: nothing I found in your notes and saved pages mentions “{name}”.")
+}
+
 /// The default threshold on the closest chunk's cosine similarity (all-MiniLM-L6-v2), below which
 /// the service abstains. Calibrated on `samples/answers.tsv` over the sample corpus: the 44
 /// answerable questions' closest chunks lie between 0.397 and 0.802, the 10 unanswerable ones'
@@ -71,6 +77,7 @@ mod tests {
     #[test]
     fn abstentions_are_recognised_in_their_usual_wordings() {
         assert!(is_abstention(ABSTENTION));
+        assert!(is_abstention(&unstated("Wi-Fi")) && unstated("Wi-Fi").contains("“Wi-Fi”"));
         assert!(is_abstention("Sorry, I couldn’t find that in the sources."));
         assert!(is_abstention("The sources don't mention the hotel price."));
         assert!(!is_abstention("The tickets cost €14 each [2]."));

@@ -82,7 +82,11 @@ pub fn fold(text: &str) -> String {
         .collect()
 }
 
-/// The names `question` gives, each once, in order.
+/// Most names taken from one question, the first ones: a question names a few things, and a
+/// request's text is bounded only by its size, so the search for them is bounded here.
+pub const MAX_NAMES: usize = 16;
+
+/// The names `question` gives, each once, in order, at most [`MAX_NAMES`].
 pub fn names(question: &str) -> Vec<Name> {
     let words = words(question);
     // In title case or capitals every word but the small function words has a capital: a capital
@@ -107,6 +111,9 @@ pub fn names(question: &str) -> Vec<Name> {
         };
         if !out.iter().any(|seen| seen.forms == name.forms) {
             out.push(name);
+            if out.len() == MAX_NAMES {
+                break;
+            }
         }
     }
     out
@@ -338,6 +345,17 @@ mod tests {
             Vec::<String>::new(),
             "one digit is no name"
         );
+    }
+
+    #[test]
+    fn a_long_question_gives_at_most_max_names() {
+        let long = format!(
+            "Where are {}?",
+            (0..10_000).map(|i| format!("Town{i}")).collect::<Vec<_>>().join(", ")
+        );
+        let asked = names(&long);
+        assert_eq!(asked.len(), MAX_NAMES);
+        assert_eq!(asked[0].asked, "Town0");
     }
 
     #[test]

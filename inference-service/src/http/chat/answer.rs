@@ -34,10 +34,11 @@ pub(super) fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The answer when the notes hold nothing close enough: the same events a generation sends, so
-/// streamed and whole responses look as they always do.
-pub(super) fn abstention(events: &mpsc::UnboundedSender<Event>) {
-    let text = abstain::ABSTENTION.to_string();
+/// The answer when the notes hold nothing close enough, or nothing naming what the question
+/// names (`unstated`): the same events a generation sends, so streamed and whole responses look
+/// as they always do.
+pub(super) fn abstention(events: &mpsc::UnboundedSender<Event>, unstated: Option<&str>) {
+    let text = unstated.map_or_else(|| abstain::ABSTENTION.to_string(), abstain::unstated);
     let _ = events.send(Event::Text(text.clone()));
     let _ = events.send(Event::Done(Completion {
         text,

@@ -143,7 +143,7 @@ pub async fn completions(
             }
             report.abstained = true;
             state.metrics.abstentions.inc();
-            abstention(&events_tx);
+            abstention(&events_tx, report.unstated.as_deref());
             Vec::new()
         } else {
             let generator = model.generator.clone();
