@@ -157,6 +157,14 @@ def test_a_question_naming_what_no_source_states_gets_the_abstention(service):
     named = chat(base, {"messages": [{"role": "user", "content": "What time does the bakery on Rua da Graça open?"}],
                         "max_tokens": 8})
     assert named["retrieval"]["abstained"] is False and "unstated" not in named["retrieval"], named["retrieval"]
+    # A follow-up is held to its own names, not to those of the question it follows.
+    follow_up = question + [
+        {"role": "assistant", "content": content},
+        {"role": "user", "content": "And what time does the bakery on Rua da Graça open?"},
+    ]
+    followed = chat(base, {"messages": follow_up, "max_tokens": 8})
+    assert followed["retrieval"]["rewritten"] is True, followed["retrieval"]
+    assert followed["retrieval"]["abstained"] is False and "unstated" not in followed["retrieval"], followed["retrieval"]
 
 
 def test_sources_carry_snippets_and_are_marked_when_cited(service):

@@ -30,7 +30,24 @@ use crate::vectors::SearchHit;
 const NOT_NAMES: &[&str] = &[
     "i", "i'm", "i've", "i'd", "i'll", "the", "a", "an", "and", "or", "of", "in", "on", "at", "to", "for", "by",
     "with", "from", "my", "our", "is", "are", "was", "were", "do", "does", "did", "what", "when", "where", "which",
-    "who", "how", "why", "ok",
+    "who", "how", "why", "ok", "okay", "can", "could", "would", "should", "will", "shall", "might", "must", "please",
+    "tell", "show", "give", "also", "but", "so", "then", "hey", "hi", "hello", "thanks", "plus", "same", "engram",
+    "dr", "mr", "mrs", "ms", "st", "prof",
+];
+
+/// Words before a number that make it a span or a rank the notes need not state ("the last 30
+/// days", "my top 10"), and after it.
+const NOT_NUMBER_BEFORE: &[&str] = &["last", "past", "next", "top", "first", "within", "every", "per"];
+const NOT_NUMBER_AFTER: &[&str] = &["days", "weeks", "months", "years", "words", "times"];
+
+const WEEKDAYS: [&str; 7] = [
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
 ];
 
 /// Words title case leaves in lower case.
@@ -64,23 +81,48 @@ pub struct Name {
     number: bool,
     /// A month (1-12): an ISO date in that month counts as the name.
     month: Option<u32>,
+    /// A hyphenated name's parts: stated together, they state it ("Kyoto-Osaka").
+    parts: Vec<String>,
 }
 
 impl Name {
     /// Whether `text`, folded by [`fold`], states the name.
     pub fn stated_in(&self, folded: &str) -> bool {
-        self.forms.iter().any(|form| found(folded, form, self.number))
+        // The text's hyphens left out too: "WiFi" is stated by "Wi-Fi".
+        let joined = folded.replace('-', "");
+        let stated = |form: &str| found(folded, form, self.number) || found(&joined, form, self.number);
+        // Each part a whole word: "Wi-Fi" is not stated by "with" and "first".
+        let part_stated = |part: &str| {
+            folded
+                .match_indices(part)
+                .any(|(at, _)| word_at(folded, at, part.len()))
+        };
+        self.forms.iter().any(|form| stated(form))
             || self.month.is_some_and(|month| iso_date_in_month(folded, month))
+            || (!self.parts.is_empty() && self.parts.iter().all(|part| part_stated(part)))
     }
 }
 
-/// Lower case without accents ("Graça" → "graca"): what both sides are compared as.
+/// Lower case without accents ("Graça" → "graca"), `’` as `'`, and no thousands separators
+/// ("1,200" → "1200"): what both sides are compared as.
 pub fn fold(text: &str) -> String {
-    text.nfd()
+    let chars: Vec<char> = text
+        .nfd()
         .filter(|c| !is_combining_mark(*c))
         .flat_map(char::to_lowercase)
+        .map(|c| if c == '’' { '\'' } else { c })
+        .collect();
+    let digit = |i: usize| chars.get(i).is_some_and(char::is_ascii_digit);
+    chars
+        .iter()
+        .enumerate()
+        .filter(|&(i, &c)| !(c == ',' && i > 0 && digit(i - 1) && digit(i + 1)))
+        .map(|(_, &c)| c)
         .collect()
 }
+
+/// Longer words are not names (a request's text may be one long word).
+const MAX_NAME_CHARS: usize = 64;
 
 /// Most names taken from one question, the first ones: a question names a few things, and a
 /// request's text is bounded only by its size, so the search for them is bounded here.
@@ -103,12 +145,19 @@ pub fn names(question: &str) -> Vec<Name> {
         })
         .map(|(w, _)| w.as_str())
         .collect();
-    let capitals_mean_names = telling.len() < 2 || telling.iter().any(|w| !starts_upper(w));
+    let capitals_mean_names = telling.len() < 3 || telling.iter().any(|w| !starts_upper(w));
     let mut out: Vec<Name> = Vec::new();
-    for (word, opens_sentence) in &words {
+    for (i, (word, opens_sentence)) in words.iter().enumerate() {
         let Some(name) = name(word, *opens_sentence, capitals_mean_names) else {
             continue;
         };
+        let neighbour = |at: Option<usize>, list: &[&str]| {
+            at.and_then(|at| words.get(at))
+                .is_some_and(|(w, _)| list.contains(&fold(w).as_str()))
+        };
+        if name.number && (neighbour(i.checked_sub(1), NOT_NUMBER_BEFORE) || neighbour(Some(i + 1), NOT_NUMBER_AFTER)) {
+            continue;
+        }
         if !out.iter().any(|seen| seen.forms == name.forms) {
             out.push(name);
             if out.len() == MAX_NAMES {
@@ -189,9 +238,11 @@ fn words(text: &str) -> Vec<(String, bool)> {
     let mut next_opens = true;
     let chars: Vec<char> = text.chars().collect();
     for (i, &c) in chars.iter().enumerate() {
-        let inner = matches!(c, '-' | '_' | '\'' | '’' | '.')
+        let next = chars.get(i + 1);
+        let inner = (matches!(c, '-' | '_' | '\'' | '’' | '.')
             && !current.is_empty()
-            && chars.get(i + 1).is_some_and(|n| n.is_alphanumeric());
+            && next.is_some_and(|n| n.is_alphanumeric()))
+            || (c == ',' && current.ends_with(|p: char| p.is_ascii_digit()) && next.is_some_and(char::is_ascii_digit));
         if c.is_alphanumeric() || inner {
             if current.is_empty() {
                 opens = next_opens;
@@ -200,10 +251,12 @@ fn words(text: &str) -> Vec<(String, bool)> {
             current.push(if c == '’' { '\'' } else { c });
             continue;
         }
+        // "Dr. Smith", "Ursula K. Le Guin": a short capitalised word's full stop ends no sentence.
+        let abbreviation = c == '.' && current.chars().count() <= 3 && starts_upper(&current);
         if !current.is_empty() {
             out.push((std::mem::take(&mut current), opens));
         }
-        if matches!(c, '.' | '?' | '!' | ':' | '\n' | '"' | '“') {
+        if matches!(c, '.' | '?' | '!' | ':' | '\n') && !abbreviation {
             next_opens = true;
         }
     }
@@ -221,16 +274,27 @@ fn starts_upper(word: &str) -> bool {
 fn name(word: &str, opens_sentence: bool, capitals_mean_names: bool) -> Option<Name> {
     let word = word.strip_suffix("'s").unwrap_or(word);
     let folded = fold(word);
-    if word.chars().count() < 2 || NOT_NAMES.contains(&folded.as_str()) {
+    if !(2..=MAX_NAME_CHARS).contains(&word.chars().count()) || NOT_NAMES.contains(&folded.as_str()) {
         return None;
     }
-    // A number, alone or opening a word ("2022", "10k", "40-litre"): its first number.
+    // A number, alone or opening a word ("2022", "10k", "40-litre", "1,200"): its first number,
+    // without leading zeros ("09:30" finds "9:30").
     if word.starts_with(|c: char| c.is_ascii_digit()) {
-        return first_number(word).map(|number| Name {
-            asked: word.to_string(),
-            forms: vec![number],
-            number: true,
-            month: None,
+        let plain: String = word.chars().filter(|&c| c != ',').collect();
+        return first_number(&plain).map(|number| {
+            let trimmed = number.trim_start_matches('0');
+            let number = if trimmed.is_empty() || trimmed.starts_with('.') {
+                format!("0{trimmed}")
+            } else {
+                trimmed.to_string()
+            };
+            Name {
+                asked: word.to_string(),
+                forms: vec![number],
+                number: true,
+                month: None,
+                parts: Vec::new(),
+            }
         });
     }
     // A code or a model: `max_connections`, `iPhone`, `H100`, `v1.2`.
@@ -252,9 +316,14 @@ fn name(word: &str, opens_sentence: bool, capitals_mean_names: bool) -> Option<N
     {
         forms.push(last.to_string());
     }
+    let mut parts = Vec::new();
     if folded.contains('-') {
         forms.push(folded.replace('-', ""));
         forms.push(folded.replace('-', " "));
+        parts = folded.split('-').map(str::to_string).collect();
+        if parts.iter().any(|part| part.chars().count() < 2) {
+            parts.clear();
+        }
     }
     // "the Smiths" finds "Smith".
     if capitalised && folded.len() > 3 && folded.ends_with('s') && !folded.ends_with("ss") {
@@ -264,11 +333,17 @@ fn name(word: &str, opens_sentence: bool, capitals_mean_names: bool) -> Option<N
     if month.is_some() {
         forms.push(folded[..3].to_string());
     }
+    // "Sundays" finds "Sun": weekdays are written short too.
+    let day = folded.strip_suffix('s').unwrap_or(&folded);
+    if WEEKDAYS.contains(&day) {
+        forms.push(day[..3].to_string());
+    }
     Some(Name {
         asked: word.to_string(),
         forms,
         number: false,
         month,
+        parts,
     })
 }
 
@@ -290,7 +365,13 @@ fn first_number(word: &str) -> Option<String> {
 /// digit or a decimal part).
 fn found(text: &str, form: &str, number: bool) -> bool {
     text.match_indices(form).any(|(at, _)| {
-        let before = text[..at].chars().next_back();
+        // A number may be written with leading zeros ("09:30" states "9").
+        let start = if number {
+            at - text[..at].bytes().rev().take_while(|&b| b == b'0').count()
+        } else {
+            at
+        };
+        let before = text[..start].chars().next_back();
         let starts_word = before.is_none_or(|c| !c.is_alphanumeric());
         let after = &text[at + form.len()..];
         let ends_number = !number
@@ -298,6 +379,12 @@ fn found(text: &str, form: &str, number: bool) -> bool {
                 || (after.starts_with('.') && after[1..].starts_with(|c: char| c.is_ascii_digit())));
         starts_word && ends_number
     })
+}
+
+/// Whether `text[at..at + len]` is a whole word.
+fn word_at(text: &str, at: usize, len: usize) -> bool {
+    let alone = |c: Option<char>| c.is_none_or(|c| !c.is_alphanumeric());
+    alone(text[..at].chars().next_back()) && alone(text[at + len..].chars().next())
 }
 
 /// Whether `text` holds an ISO date or month (`2025-10-12`, `2025-10`) in `month`.
@@ -345,6 +432,41 @@ mod tests {
             Vec::<String>::new(),
             "one digit is no name"
         );
+    }
+
+    #[test]
+    fn what_the_review_found() {
+        let stated = |question: &str, text: &str| all_stated(&names(question), text);
+        assert!(stated("What did O’Brien say?", "Siobhan O’Brien said yes"));
+        assert!(stated("What did O'Brien say?", "Siobhan O’Brien said yes"));
+        assert!(stated("Did I pay 1,200 for the sofa?", "Sofa: €1200"));
+        assert!(stated("Did I pay 1200 for the sofa?", "Sofa: €1,200"));
+        assert!(stated("Is the bakery open at 09:30?", "opens 9:30"));
+        assert!(stated("Is the bakery open at 9:30?", "opens 09:30"));
+        assert!(stated("Is the ratio 0.75 or more?", "a ratio of 0.75"));
+        assert!(!stated("Is the ratio 0.75 or more?", "a ratio of 10.75"));
+        assert_eq!(
+            asked("What did I spend in the last 30 days on my top 10 books?"),
+            Vec::<String>::new()
+        );
+        assert!(stated("What is the WiFi password?", "Wi-Fi: hunter2"));
+        assert!(stated("How long is the Kyoto-Osaka train?", "Kyoto to Osaka: 15 min"));
+        assert!(
+            !stated("What is the Wi-Fi password?", "Come with us first"),
+            "parts are whole words"
+        );
+        assert_eq!(
+            asked("Hey, Can you tell me when it opens? Hi Engram."),
+            Vec::<String>::new()
+        );
+        assert_eq!(asked("When did I see Dr. Smith?"), ["Smith"]);
+        assert!(stated(
+            "Is the bakery open on Sundays?",
+            "Mon-Sat 07:00-19:00, Sun 08:00-13:00"
+        ));
+        assert_eq!(asked("What did I think about “Dune”?"), ["Dune"]);
+        assert_eq!(asked("Where's Kyoto Station?"), ["Kyoto", "Station"]);
+        assert_eq!(asked(&format!("Where is {}?", "X".repeat(100))), Vec::<String>::new());
     }
 
     #[test]

@@ -20,7 +20,9 @@ use std::time::Instant;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use engram_shared::answers::closeness::Closeness;
 use engram_shared::answers::{self, AnswerMode, abstain, extract, followup, names, prompt};
+use engram_shared::generation::Role;
 use engram_shared::vectors::ChunkFilter;
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -131,7 +133,15 @@ pub async fn completions(
         let may_abstain = retrieving && retrieval.and_then(|r| r.abstain) != Some(false);
         let far = may_abstain && abstain::should_abstain(report.closest, min_relevance);
         if may_abstain && !far && state.closeness.names {
-            report.unstated = names::stated_nowhere(&report.query, &hits);
+            // The last question's own names, when it gives any: a follow-up searched with the
+            // question it follows ("what about Lisbon?") is not asking for that one's names.
+            let last = conversation
+                .iter()
+                .rev()
+                .find(|m| m.role == Role::User)
+                .map_or("", |m| m.content.as_str());
+            let named = if names::names(last).is_empty() { &report.query } else { last };
+            report.unstated = names::stated_nowhere(named, &hits);
         }
         let abstaining = far || report.unstated.is_some();
         let (events_tx, events) = mpsc::unbounded_channel();
@@ -172,7 +182,12 @@ pub async fn completions(
                 let messages = fitted.messages;
                 let extractions = state.extractions.clone();
                 let metrics = state.metrics.clone();
-                let (embedder, closeness) = (state.embedder.clone(), state.closeness);
+                // `retrieval.abstain: false` lets a sentence answer without the question's names.
+                let closeness = Closeness {
+                    names: state.closeness.names && retrieval.and_then(|r| r.abstain) != Some(false),
+                    ..state.closeness
+                };
+                let embedder = state.embedder.clone();
                 // Scored on a blocking thread, the engine's place held until the answer is known;
                 // one extraction at a time (`AppState::extractions`), the others waiting admitted.
                 tokio::spawn(async move {
