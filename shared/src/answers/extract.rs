@@ -202,11 +202,18 @@ pub fn choose(
     } else {
         Vec::new()
     };
+    // Whether each source's document states the names, read once per source, not per sentence.
+    let mut named: std::collections::HashMap<usize, bool> = std::collections::HashMap::new();
     let typed: Vec<usize> = (0..candidates.len())
         .filter(|&i| {
             let candidate = &candidates[i];
-            candidate.source.is_none()
-                || (wanted.fits(&candidate.sentence) && all_stated(&asked, &candidate.document_text))
+            let Some(source) = candidate.source else {
+                return true;
+            };
+            wanted.fits(&candidate.sentence)
+                && *named
+                    .entry(source)
+                    .or_insert_with(|| all_stated(&asked, &candidate.document_text))
         })
         .collect();
     let mut near = vec![f32::NAN; candidates.len()];
